@@ -1,0 +1,54 @@
+# make test   create .venv if missing, install the project, run the sync gate, pytest and nbval
+# make book   build the Jupyter Book into book/_build/html (added by the book work)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev,book,timm
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+
+.PHONY: venv export sync-check pytest nbval test bench clean
+
+venv: $(STAMP)
+
+# Reinstall whenever the project's metadata changes.
+$(STAMP): pyproject.toml
+	@echo "== installing neural-stack[$(EXTRAS)] into $(VENV)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+export: venv
+	$(BIN)/nbdev-export
+
+# Notebooks are the source: exporting and cleaning them must not change any file.
+sync-check: venv
+	@echo "== sync gate: nbdev-export and nbdev-clean must change nothing"
+	@before="$$(git status --porcelain=v1 --untracked-files=all; git diff)"; \
+	$(BIN)/nbdev-export; $(BIN)/nbdev-clean; \
+	after="$$(git status --porcelain=v1 --untracked-files=all; git diff)"; \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "sync gate FAILED: the package or the notebooks are out of sync. Changed by export/clean:"; \
+	  diff <(echo "$$before") <(echo "$$after") || true; \
+	  echo "Fix: run 'make export' and '$(BIN)/nbdev-clean', review 'git diff', commit."; \
+	  exit 1; \
+	fi; echo "sync gate passed"
+
+pytest: venv
+	@echo "== pytest tests/"
+	$(BIN)/python -m pytest tests/
+
+nbval: venv
+	@echo "== pytest --nbval nbs/ (strict output comparison)"
+	$(BIN)/python -m pytest --nbval --nbval-current-env nbs/
+
+test: sync-check pytest nbval
+
+bench: venv
+	$(BIN)/python bench/attention.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache
