@@ -1,0 +1,90 @@
+"""Benchmark: neural_stack MultiHeadAttention against torch.nn.MultiheadAttention on CPU.
+
+Both modules hold the same weights and run self-attention on the same batch. The variants are
+timed in interleaved rounds (A, B, C, A, B, C, ...) so that drift in a shared machine's load hits
+them alike; each figure is the median over rounds. Ratios are ours / torch: below 1 is faster.
+
+    python bench/attention.py [--rounds 15] [--threads N]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from neural_stack.models import MultiHeadAttention
+
+SIZES = [  # batch, tokens, embed_dim, heads: ViT-Tiny on 32x32 (patch 4), ViT-S/16 and ViT-B/16 at 224
+    (32, 65, 192, 3),
+    (8, 197, 384, 6),
+    (4, 197, 768, 12),
+]
+
+
+def torch_copy(mha: MultiHeadAttention) -> nn.MultiheadAttention:
+    ref = nn.MultiheadAttention(mha.embed_dim, mha.num_heads, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(mha.qkv_proj.weight); ref.in_proj_bias.copy_(mha.qkv_proj.bias)
+        ref.out_proj.weight.copy_(mha.out_proj.weight); ref.out_proj.bias.copy_(mha.out_proj.bias)
+    return ref
+
+
+def step(module: nn.Module, x: torch.Tensor, need_weights: bool, training: bool):
+    "One self-attention forward (inference) or forward + backward (training) of `module`."
+    def forward():
+        return module(x, x, x, need_weights=need_weights)[0]
+
+    def train_step():
+        forward().sum().backward()
+
+    def infer():
+        with torch.inference_mode():
+            forward()
+    return train_step if training else infer
+
+
+def timed(fn, iters: int) -> float:
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - start) / iters
+
+
+def bench(variants: dict, rounds: int, iters: int) -> dict:
+    for fn in variants.values():  # warm-up
+        timed(fn, 2)
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, iters))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.rounds} interleaved rounds\n")
+    print(f"{'B':>3} {'T':>4} {'D':>4} {'H':>3} | {'mode':<9} | {'torch ms':>8} | {'fused':>6} {'weights':>7}  (ours/torch)")
+    for B, T, D, H in SIZES:
+        torch.manual_seed(0)
+        ours, x = MultiHeadAttention(D, H), torch.randn(B, T, D)
+        ref = torch_copy(ours)
+        iters = max(2, int(2e8 / (B * T * D * (T + 4 * D))))
+        for mode in ("inference", "training"):
+            training = mode == "training"
+            ours.train(training), ref.train(training)
+            inputs = x.clone().requires_grad_(training)
+            medians = bench({"torch": step(ref, inputs, False, training),
+                             "fused": step(ours, inputs, False, training),
+                             "weights": step(ours, inputs, True, training)}, args.rounds, iters)
+            t = medians["torch"]
+            print(f"{B:>3} {T:>4} {D:>4} {H:>3} | {mode:<9} | {t * 1e3:8.2f} | "
+                  f"{medians['fused'] / t:6.3f} {medians['weights'] / t:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
