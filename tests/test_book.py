@@ -1,0 +1,156 @@
+"""Browser test of the built course book (book/_build/html), in headless Debian Chromium.
+
+Every page is served from a local http.server and loaded with all requests that leave it blocked and
+recorded. On every page: no JavaScript errors, no `#|` nbdev directive visible, no request outside
+the book's own files; every plotly figure drew its SVG and a hover over a heatmap shows its tooltip;
+typeset maths where the page has maths; each chapter links to its notebook in Colab and offers the
+.ipynb download. Build first with `make book`; `make book-test` does both.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "book" / "_build" / "html"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+COLAB = "https://colab.research.google.com/github/neural-stack/neural-stack/blob/main/"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+def _pages() -> list[str]:
+    if not HTML.is_dir():
+        return []
+    skip = {"_static", "_sources", "_images"}
+    return sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html") if not skip & set(p.relative_to(HTML).parts))
+
+
+PAGES = _pages()
+CHAPTERS = [p for p in PAGES if p.startswith("nbs/") and (ROOT / p).with_suffix(".ipynb").exists()]
+
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)"),
+    pytest.mark.skipif(not PAGES, reason="book not built: run `make book` (book/_build/html is missing)"),
+]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output readable
+        pass
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(HTML)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        # executable_path: Debian's Chromium; Playwright never downloads a browser here. Each launch
+        # gets a fresh temporary profile (user-data-dir), removed on close.
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def visit(browser, base_url):
+    "Open a page with outside requests blocked; returns (page, js_errors, outside_requests)."
+    contexts = []
+
+    def _visit(rel: str):
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        outside: list[str] = []
+        errors: list[str] = []
+
+        def route(r):
+            host = urlparse(r.request.url).hostname
+            if host == "127.0.0.1":
+                r.continue_()
+            else:
+                outside.append(r.request.url)
+                r.abort()
+
+        context.route("**/*", route)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+        page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+        page.goto(base_url + rel, wait_until="load")
+        page.wait_for_load_state("networkidle")
+        return page, errors, outside
+
+    yield _visit
+    for c in contexts:
+        c.close()
+
+
+def _check_plotly(page) -> None:
+    expected = page.locator("div.plotly-graph-div").count()
+    drawn = page.locator(".js-plotly-plot .main-svg").first
+    if not expected:
+        return
+    drawn.wait_for(state="attached")
+    figures = page.locator(".js-plotly-plot")
+    assert figures.count() == expected, f"{expected} plotly figures on the page, {figures.count()} drawn"
+    for k in range(expected):
+        fig = figures.nth(k)
+        assert fig.locator(".main-svg").count() > 0, f"figure {k} has no SVG"
+        is_heatmap = fig.evaluate("el => (el.data || []).some(t => t.type === 'heatmap')")
+        if not is_heatmap:
+            continue
+        fig.scroll_into_view_if_needed()
+        box = fig.locator(".nsewdrag").first.bounding_box()
+        assert box, f"figure {k}: no plot area to hover"
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        fig.locator(".hovertext").first.wait_for(state="visible", timeout=5_000)
+        text = fig.locator(".hovertext").first.text_content()
+        assert text and text.strip(), f"figure {k}: empty tooltip"
+        page.mouse.move(0, 0)
+
+
+@pytest.mark.parametrize("rel", PAGES or ["<none>"])
+def test_page(visit, rel):
+    page, errors, outside = visit(rel)
+    body = page.inner_text("body")
+    assert "#|" not in body, f"{rel}: nbdev directive visible"
+    _check_plotly(page)
+    if page.locator(".math").count():
+        page.locator("mjx-container").first.wait_for(state="attached")
+    assert not errors, f"{rel}: JavaScript errors: {errors}"
+    assert not outside, f"{rel}: requests outside the book: {outside}"
+
+
+@pytest.mark.parametrize("rel", CHAPTERS or ["<none>"])
+def test_chapter_links(visit, rel):
+    page, _, _ = visit(rel)
+    notebook = rel.removesuffix(".html") + ".ipynb"
+    colab = page.locator(f'a[href="{COLAB}{notebook}"]')
+    assert colab.count() >= 1, f"{rel}: no Colab link to {notebook}"
+    assert any(colab.nth(k).is_visible() for k in range(colab.count())), f"{rel}: Colab link not visible"
+    download = page.locator('a[href$=".ipynb"]:not([href^="http"])')
+    assert download.count() >= 1, f"{rel}: no .ipynb download link"
+
+
+def test_chapters_are_in_the_book():
+    "Every chapter notebook in nbs/ became a page (the toc globs them; none is silently left out)."
+    notebooks = sorted(p.stem for p in (ROOT / "nbs").glob("*.ipynb"))
+    built = sorted(Path(p).stem for p in CHAPTERS)
+    assert notebooks == built
