@@ -14,8 +14,8 @@ Loaded by `book/_config.yml` (`sphinx.local_extensions`). For every notebook the
 * takes the repository URL and branch from `pyproject.toml` (`[project.urls] Repository`, read by
   nbdev's own `get_config`), so they are set in one place for the theme's launch/repository buttons
   and for the Colab links;
-* provides the `{chapter}` role for the curriculum pages: `` {chapter}`nbs/*_vision_transformer` ``
-  links every chapter whose name matches, or says "(coming)" while none exists yet, so the
+* provides the `{chapter}` role for the curriculum pages: `` {chapter}`Title <nbs/*_topic>` `` links
+  every chapter whose name matches, or reads "Title (coming)" while none exists yet, so the
   syllabus never holds a broken link and picks up new chapters by itself;
 * provides the `{nbval-report}` directive: per-chapter execution time and status, read from the
   JUnit XML that `make nbval` writes.
@@ -280,7 +280,7 @@ class NbvalReport(SphinxDirective):
         stamp = ET.parse(path).getroot().find("testsuite")
         when = stamp.get("timestamp") if stamp is not None else None
         when = datetime.fromisoformat(when).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M") if when else "?"
-        note = nodes.paragraph(text=f"Total {total:.1f} s over {len(rows)} notebooks; nbval run of {when} UTC, "
+        note = nodes.paragraph(text=f"Total {total:.1f} s over {len(rows)} notebook{'s' if len(rows) != 1 else ''}; nbval run of {when} UTC, "
                                     f"read from {rel}.")
         return [table, note]
 
@@ -288,12 +288,10 @@ class NbvalReport(SphinxDirective):
 # ---------------------------------------------------------------- {chapter} role
 
 class ChapterRole(SphinxRole):
-    "`{chapter}`Title <nbs/*_topic>`` links the matching chapter(s), or reads 'Title (coming)'."
+    "``{chapter}`Title <nbs/*_topic>``` links the matching chapter(s) by their own titles, or reads 'Title (coming)'."
 
     def run(self) -> tuple[list[nodes.Node], list[nodes.system_message]]:
         has_title, title, pattern = split_explicit_title(self.text)
-        users = self.env.__dict__.setdefault("nbdev_book_chapter_users", set())
-        users.add(self.env.docname)
         matches = sorted(d for d in self.env.found_docs if fnmatch.fnmatchcase(d, pattern))
         if not matches:
             label = title if has_title else pattern
@@ -303,27 +301,17 @@ class ChapterRole(SphinxRole):
             if k:
                 result.append(nodes.Text(", "))
             ref = addnodes.pending_xref(self.rawtext, refdomain="std", reftype="doc", reftarget="/" + doc,
-                                        refdoc=self.env.docname, refexplicit=has_title and len(matches) == 1,
-                                        refwarn=True)
-            ref += nodes.inline(text=title if has_title else doc, classes=["xref", "std", "std-doc"])
+                                        refdoc=self.env.docname, refexplicit=False, refwarn=True)
+            ref += nodes.inline(text=doc, classes=["xref", "std", "std-doc"])
             result.append(ref)
         return result, []
 
 
 def _on_env_get_outdated(app: Sphinx, env: Any, added: set[str], changed: set[str], removed: set[str]) -> list[str]:
-    # A chapter appeared or disappeared: pages using {chapter} must re-resolve "(coming)" vs a link.
-    if added or removed:
-        return sorted(getattr(env, "nbdev_book_chapter_users", set()) - removed)
-    return []
-
-
-def _on_env_purge_doc(app: Sphinx, env: Any, docname: str) -> None:
-    getattr(env, "nbdev_book_chapter_users", set()).discard(docname)
-
-
-def _on_env_merge_info(app: Sphinx, env: Any, docnames: Any, other: Any) -> None:
-    env.__dict__.setdefault("nbdev_book_chapter_users", set()).update(
-        getattr(other, "nbdev_book_chapter_users", set()))
+    # A chapter appeared or disappeared: every page's navigation (and the syllabus's "(coming)" marks)
+    # must be redone, not only the new page. Sphinx alone rewrites just the new page; the book is
+    # small, so re-reading all of it costs seconds.
+    return sorted(env.found_docs - removed) if added or removed else []
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
@@ -336,7 +324,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("nbval-report", NbvalReport)
     app.add_role("chapter", ChapterRole())
     app.connect("env-get-outdated", _on_env_get_outdated)
-    app.connect("env-purge-doc", _on_env_purge_doc)
-    app.connect("env-merge-info", _on_env_merge_info)
     app.add_css_file("nbdev_book.css")
     return {"version": __version__, "parallel_read_safe": True, "parallel_write_safe": True}

@@ -36,11 +36,9 @@ def _pages() -> list[str]:
 PAGES = _pages()
 CHAPTERS = [p for p in PAGES if p.startswith("nbs/") and (ROOT / p).with_suffix(".ipynb").exists()]
 
-pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)"),
-    pytest.mark.skipif(not PAGES, reason="book not built: run `make book` (book/_build/html is missing)"),
-]
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)")
+needs_book = pytest.mark.skipif(not PAGES, reason="book not built: run `make book` (book/_build/html is missing)")
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -126,6 +124,8 @@ def _check_plotly(page) -> None:
         page.mouse.move(0, 0)
 
 
+@needs_chromium
+@needs_book
 @pytest.mark.parametrize("rel", PAGES or ["<none>"])
 def test_page(visit, rel):
     page, errors, outside = visit(rel)
@@ -138,6 +138,8 @@ def test_page(visit, rel):
     assert not outside, f"{rel}: requests outside the book: {outside}"
 
 
+@needs_chromium
+@needs_book
 @pytest.mark.parametrize("rel", CHAPTERS or ["<none>"])
 def test_chapter_links(visit, rel):
     page, _, _ = visit(rel)
@@ -149,8 +151,44 @@ def test_chapter_links(visit, rel):
     assert download.count() >= 1, f"{rel}: no .ipynb download link"
 
 
+@needs_book
 def test_chapters_are_in_the_book():
     "Every chapter notebook in nbs/ became a page (the toc globs them; none is silently left out)."
     notebooks = sorted(p.stem for p in (ROOT / "nbs").glob("*.ipynb"))
     built = sorted(Path(p).stem for p in CHAPTERS)
     assert notebooks == built
+
+
+def test_rewrite_notebook_hides_nbdev():
+    "The book's notebook rewrite, on a small notebook: what readers see of nbdev directives and plotly."
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nbdev_book", ROOT / "book" / "nbdev_book.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    code = lambda src, **kw: {"cell_type": "code", "metadata": {}, "source": src, "outputs": [], **kw}
+    fig = {"data": [{"type": "heatmap", "z": [[1, 2], [3, 4]]}], "layout": {}}
+    nb = {"cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# Title\n\n> summary"},
+        code("#| default_exp models.thing"),
+        code("#| hide\nimport secret"),
+        code("#|include: false\nx = 1"),
+        code("#| export\ndef f(): pass"),
+        code("#| exporti other.mod\ndef _g(): pass"),
+        code("#| echo: false\nprint(1)"),
+        code("y = 2", metadata={"nbdev": {"output": "false"}}),
+        code("fig", outputs=[{"output_type": "display_data", "metadata": {},
+                              "data": {"application/vnd.plotly.v1+json": fig}}]),
+    ], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    settings = {"repository_url": "https://github.com/o/r", "branch": "main", "lib_name": "pkg"}
+    out = ext.rewrite_notebook(nb, "nbs/01_x", "nbs/01_x.ipynb", settings)["cells"]
+    sources = [c["source"] for c in out]
+    assert not any("#|" in s for s in sources)
+    assert not any("secret" in s or s == "x = 1" for s in sources)
+    assert any("Exported to `pkg.models.thing`" in s for s in sources)
+    assert any("Exported to `pkg.other.mod`" in s for s in sources)
+    assert any("https://colab.research.google.com/github/o/r/blob/main/nbs/01_x.ipynb" in s for s in sources)
+    tags = {c["source"]: c["metadata"].get("tags", []) for c in out if c["cell_type"] == "code"}
+    assert tags["print(1)"] == ["remove-input"] and tags["y = 2"] == ["remove-output"]
+    (html,) = [o["data"]["text/html"] for c in out for o in c.get("outputs", [])]
+    assert "Plotly.newPlot" in html and "<script src" not in html  # plotly.js comes from _static, once
