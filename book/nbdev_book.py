@@ -31,6 +31,7 @@ Sphinx event for rewriting a document's source before it is parsed, it gives the
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -81,6 +82,12 @@ def _on_config_inited(app: Sphinx, config: Any) -> None:
     # Jupyter Book refuses `use_repository_button` without a URL in _config.yml; we own the URL.
     opts["use_repository_button"] = True
     config.html_theme_options = opts
+    # The source folder is the repository root. Sphinx's include_patterns choose the pages, but Sphinx
+    # still walks every folder not matched by exclude_patterns: prune every top-level entry that holds
+    # no page (.venv, data or run folders a chapter may create), beyond the fixed list in _config.yml.
+    roots = {pattern.split("/")[0] for pattern in config.include_patterns}
+    extra = sorted(p.name for p in Path(app.srcdir).iterdir() if p.name not in roots)
+    config.exclude_patterns = list(config.exclude_patterns) + [p for p in extra if p not in config.exclude_patterns]
     # Our CSS lives next to this file; Sphinx copies html_static_path entries into _static/.
     config.html_static_path = list(config.html_static_path) + [str(HERE / "_static")]
 
@@ -189,13 +196,18 @@ def _on_page_context(app: Sphinx, pagename: str, templatename: str, context: dic
         app.add_js_file(PLOTLY_JS)
 
 
-def _dedupe_inline_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+def _clean_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
     # Sphinx 7 (the series Jupyter Book 1 pins) writes an inline script that an extension registers after
     # the builder starts twice: once with filename None, once with '' (sphinx-doc/sphinx#13402, fixed in
     # Sphinx 8.2). sphinx-thebe's `const THEBE_JS_URL = ...` then throws a SyntaxError on every page.
     # Runs last among html-page-context handlers; `script_files` is reset for each page by Sphinx.
+    # Thebe (live code on a remote kernel) is off in _config.yml, yet Jupyter Book always loads
+    # sphinx-thebe, whose loader names a CDN copy of thebe. Leave it out so no page refers to a CDN.
+    thebe = app.config.html_theme_options.get("launch_buttons", {}).get("thebe", False)
     seen, unique = set(), []
     for js in context.get("script_files", []):
+        if not thebe and ((js.filename or "").endswith("sphinx-thebe.js") or "THEBE_JS_URL" in js.attributes.get("body", "")):
+            continue
         key = (js.filename or "", js.priority, tuple(sorted((k, str(v)) for k, v in js.attributes.items())))
         if key not in seen:
             seen.add(key)
@@ -319,10 +331,13 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", _on_config_inited)
     app.connect("source-read", _on_source_read)
     app.connect("html-page-context", _on_page_context)
-    app.connect("html-page-context", _dedupe_inline_scripts, priority=900)
+    app.connect("html-page-context", _clean_scripts, priority=900)
     app.connect("build-finished", _on_build_finished)
     app.add_directive("nbval-report", NbvalReport)
     app.add_role("chapter", ChapterRole())
     app.connect("env-get-outdated", _on_env_get_outdated)
     app.add_css_file("nbdev_book.css")
-    return {"version": __version__, "parallel_read_safe": True, "parallel_write_safe": True}
+    # env_version from this file's content: editing the glue rebuilds the book, not just changed pages.
+    env_version = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8], 16)
+    return {"version": __version__, "env_version": env_version, "parallel_read_safe": True,
+            "parallel_write_safe": True}
