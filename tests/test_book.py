@@ -151,6 +151,16 @@ def test_chapter_links(visit, rel):
     assert download.count() >= 1, f"{rel}: no .ipynb download link"
 
 
+@needs_chromium
+@needs_book
+def test_search_finds_a_chapter(visit):
+    page, errors, outside = visit("search.html?q=softmax")
+    hits = page.locator("#search-results ul.search li a")
+    hits.first.wait_for(state="attached")
+    assert any("nbs/" in (hits.nth(k).get_attribute("href") or "") for k in range(hits.count()))
+    assert not errors and not outside
+
+
 @needs_book
 def test_chapters_are_in_the_book():
     "Every chapter notebook in nbs/ became a page (the toc globs them; none is silently left out)."
