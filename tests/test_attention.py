@@ -227,6 +227,12 @@ def test_mha_half_precision_with_mask(dtype):
         assert out.dtype == dtype and torch.isfinite(out).all()
     ref, _ = mha.float()(x.float(), x.float(), x.float(), mask=keep)
     torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
+    # a float32 additive mask is accepted with half-precision inputs on both paths
+    mha.to(dtype)
+    bias = torch.randn(6, 6)
+    explicit, _ = mha(x, x, x, mask=bias)
+    fused, _ = mha(x, x, x, mask=bias, need_weights=False)
+    torch.testing.assert_close(fused.float(), explicit.float(), atol=5e-2, rtol=5e-2)
 
 
 def test_mha_fully_masked_query_gives_bias_only_output_on_both_paths():
