@@ -156,3 +156,12 @@ def test_bad_token_count_and_grid(kind):
         pos.resample((4, 0))
     with pytest.raises(ValueError, match=r"grid_size=\(1, 2, 3\); expected a positive integer or a pair"):
         pos(torch.randn(2, 65, 16), (1, 2, 3))
+
+
+def test_resampling_keeps_float64_precision():
+    pos = make("learned-1d").double()
+    table = pos.embedding(12)
+    assert table.dtype == torch.float64
+    grid = pos.weight[:, 1:].reshape(1, 8, 8, 16).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(grid, size=(12, 12), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(table[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 144, 16), atol=1e-12, rtol=0)

@@ -288,3 +288,13 @@ def test_from_timm_without_timm_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_timm)
     with pytest.raises(ImportError, match=r"from_timm needs timm: pip install 'neural-stack\[timm\]'"):
         from_timm(nn.Linear(2, 2))
+
+
+def test_resample_keeps_dtype_and_training_mode():
+    vit = tiny(positional_embedding="learned-2d").double().train()
+    bigger = vit.resample(24)
+    assert bigger.training and all(p.dtype == torch.float64 for p in bigger.parameters())
+    vit.eval(), bigger.eval()
+    x = torch.randn(2, 3, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(vit(x), bigger(x))

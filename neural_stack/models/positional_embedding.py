@@ -48,7 +48,8 @@ def resample_grid_table(table: Tensor, old_grid: tuple[int, int], new_grid: tupl
         return table
     lead, C = table.shape[:-2], table.shape[-1]
     x = table.reshape(-1, old_grid[0], old_grid[1], C).permute(0, 3, 1, 2)
-    x = F.interpolate(x.float(), size=tuple(new_grid), mode="bicubic", align_corners=False).to(table.dtype)
+    dtype = torch.promote_types(table.dtype, torch.float32)  # interpolate half precision in float32
+    x = F.interpolate(x.to(dtype), size=tuple(new_grid), mode="bicubic", align_corners=False).to(table.dtype)
     return x.permute(0, 2, 3, 1).reshape(*lead, new_grid[0] * new_grid[1], C)
 
 # %% ../../nbs/03_positional_embedding.ipynb #4975d1d9

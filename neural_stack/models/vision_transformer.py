@@ -132,12 +132,13 @@ class VisionTransformer(nn.Module):
 
     def resample(self, img_size: int) -> VisionTransformer:
         "A copy built for `img_size` images: positional tables resampled or regenerated once, all other weights shared by value."
-        new = VisionTransformer(**{**self.config, "img_size": img_size})
+        p = next(self.parameters())
+        new = VisionTransformer(**{**self.config, "img_size": img_size}).to(device=p.device, dtype=p.dtype)
         new.pos_embed = self.pos_embed.resample(new.patch_embed.grid_size)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("pos_embed.")}
         missing, unexpected = new.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("pos_embed.") for k in missing), (missing, unexpected)
-        return new.to(next(self.parameters()).device).train(self.training)
+        return new.train(self.training)
 
 # %% ../../nbs/04_vision_transformer.ipynb #c571c5f7
 def _state_dict_to(model: VisionTransformer, state: dict[str, Tensor], source: nn.Module) -> VisionTransformer:
