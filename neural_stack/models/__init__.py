@@ -7,5 +7,9 @@ __all__ = []
 
 # %% ../../nbs/index.ipynb #0353c4f5
 from neural_stack.models.attention import MultiHeadAttention, ScaledDotProductAttention
+from neural_stack.models.patch_embedding import PatchEmbedding
+from neural_stack.models.positional_embedding import PositionalEmbedding
+from neural_stack.models.vision_transformer import VisionTransformer, from_timm, from_torchvision
 
-__all__ = ["ScaledDotProductAttention", "MultiHeadAttention"]
+__all__ = ["ScaledDotProductAttention", "MultiHeadAttention", "PatchEmbedding", "PositionalEmbedding",
+           "VisionTransformer", "from_torchvision", "from_timm"]
