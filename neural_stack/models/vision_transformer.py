@@ -55,6 +55,7 @@ class EncoderBlock(nn.Module):
         h = self.norm1(x)
         h, weights = self.attn(h, h, h, need_weights=need_weights)
         x = x + self.drop_path(self.attn_out_drop(h))
+        del h  # free the attention branch before the MLP allocates: lower peak memory, fewer fresh pages in inference
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
 
