@@ -64,6 +64,7 @@ test: sync-check pytest nbval book-test
 
 bench: venv
 	$(BIN)/python bench/attention.py
+	$(BIN)/python bench/vit.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
