@@ -1,0 +1,63 @@
+"""Every chapter follows the course's conventions: runs in Colab on the installed package alone, stores
+plotly figures as plotly's own mime type, and exports to the module it names."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
+CHAPTERS = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]
+REPOSITORY = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def cells(path: Path, kind: str = "code") -> list[dict]:
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == kind]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_there_are_chapters():
+    assert len(CHAPTERS) >= 5, [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cell_installs_this_repository_without_pins(path):
+    code = [source(c) for c in cells(path)]
+    colab = [i for i, s in enumerate(code) if '"google.colab" in sys.modules' in s and "pip" in s]
+    assert colab, f"{path.name}: no Colab install cell"
+    first = code[colab[0]]
+    assert first.startswith("#| hide"), f"{path.name}: the Colab install cell must be hidden in the book"
+    assert all("#| default_exp" in s for s in code[:colab[0]]), f"{path.name}: the Colab cell must come first"
+    assert f"@ git+{REPOSITORY}'" in first, f"{path.name}: install from {REPOSITORY} (pyproject.toml)"
+    assert "==" not in first, f"{path.name}: no exact pins in the install cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_plotly_figures_are_stored_as_plotly_mime_type(path):
+    code = cells(path)
+    uses_plotly = any("import plotly" in source(c) for c in code)
+    if uses_plotly:
+        assert any('pio.renderers.default = "colab" if "google.colab" in sys.modules else "plotly_mimetype"'
+                   in source(c) for c in code), f"{path.name}: select the plotly renderer"
+    for c in code:
+        for out in c.get("outputs", []):
+            data = out.get("data", {})
+            html = "".join(data.get("text/html", ""))
+            assert "plotly" not in html.lower(), f"{path.name}: a figure stored as HTML (embedded plotly.js?)"
+            if PLOTLY in data:
+                assert uses_plotly and set(data) <= {PLOTLY, "text/plain"}
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_has_title_and_exports_its_module(path):
+    assert source(cells(path, "markdown")[0]).startswith("# "), f"{path.name}: first cell is the title"
+    default_exp = [s for s in map(source, cells(path)) if s.startswith("#| default_exp ")]
+    assert len(default_exp) == 1, f"{path.name}: one #| default_exp"
+    module = default_exp[0].split()[2]
+    assert (ROOT / "neural_stack" / (module.replace(".", "/") + ".py")).exists(), module
