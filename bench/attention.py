@@ -1,19 +1,19 @@
 """Benchmark: neural_stack MultiHeadAttention against torch.nn.MultiheadAttention on CPU.
 
 Both modules hold the same weights and run self-attention on the same batch. The variants are
-timed in interleaved rounds (A, B, C, A, B, C, ...) so that drift in a shared machine's load hits
-them alike; each figure is the median over rounds. Ratios are ours / torch: below 1 is faster.
+timed in interleaved rounds, their order rotated every round, so that drift in a shared machine's
+load hits them alike (bench/timing.py). Times are medians over rounds; ratios are the median over
+rounds of ours / torch in the same round: below 1 is faster.
 
     python bench/attention.py [--rounds 15] [--threads N]
 """
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
 
 from neural_stack.models import MultiHeadAttention
+from timing import bench
 
 SIZES = [  # batch, tokens, embed_dim, heads: ViT-Tiny on 32x32 (patch 4), ViT-S/16 and ViT-B/16 at 224
     (32, 65, 192, 3),
@@ -44,23 +44,6 @@ def step(module: nn.Module, x: torch.Tensor, need_weights: bool, training: bool)
     return train_step if training else infer
 
 
-def timed(fn, iters: int) -> float:
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return (time.perf_counter() - start) / iters
-
-
-def bench(variants: dict, rounds: int, iters: int) -> dict:
-    for fn in variants.values():  # warm-up
-        timed(fn, 2)
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(timed(fn, iters))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -78,12 +61,11 @@ def main() -> None:
             training = mode == "training"
             ours.train(training), ref.train(training)
             inputs = x.clone().requires_grad_(training)
-            medians = bench({"torch": step(ref, inputs, False, training),
-                             "fused": step(ours, inputs, False, training),
-                             "weights": step(ours, inputs, True, training)}, args.rounds, iters)
-            t = medians["torch"]
-            print(f"{B:>3} {T:>4} {D:>4} {H:>3} | {mode:<9} | {t * 1e3:8.2f} | "
-                  f"{medians['fused'] / t:6.3f} {medians['weights'] / t:7.3f}")
+            medians, ratios = bench({"torch": step(ref, inputs, False, training),
+                                     "fused": step(ours, inputs, False, training),
+                                     "weights": step(ours, inputs, True, training)}, args.rounds, iters)
+            print(f"{B:>3} {T:>4} {D:>4} {H:>3} | {mode:<9} | {medians['torch'] * 1e3:8.2f} | "
+                  f"{ratios['fused']:6.3f} {ratios['weights']:7.3f}", flush=True)
 
 
 if __name__ == "__main__":
