@@ -41,6 +41,13 @@ needs_chromium = pytest.mark.skipif(
 needs_book = pytest.mark.skipif(not PAGES, reason="book not built: run `make book` (book/_build/html is missing)")
 
 
+@pytest.mark.skipif(os.environ.get("CI", "").lower() not in ("1", "true"), reason="outside CI a skip is allowed")
+def test_ci_runs_the_browser_checks():
+    # On a developer's machine the checks below may skip; in CI (CI=true) a skip would hide them.
+    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium"
+    assert PAGES, "the book was not built before the browser test: run `make book-test`"
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output readable
         pass
