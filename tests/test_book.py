@@ -3,15 +3,20 @@
 Every page is served from a local http.server and loaded with all requests that leave it blocked and
 recorded. On every page: no JavaScript errors, no `#|` nbdev directive visible, no request outside
 the book's own files; every plotly figure drew its SVG and a hover over a heatmap shows its tooltip;
-typeset maths where the page has maths; each chapter links to its notebook in Colab and offers the
-.ipynb download. Build first with `make book`; `make book-test` does both.
+typeset maths where the page has maths; each chapter links to its notebook in Colab (and to its
+learner's notebook, exercises/<chapter>.ipynb, exactly when that exists) and offers the .ipynb
+download; every exercise solution (a cell tagged `solution` in the notebook) is folded behind a
+"Show solution" toggle that reveals its code; every chapter that ends with a {footbibliography} lists
+each work it cites. Build first with `make book`; `make book-test` does both.
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
+import re
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -33,8 +38,38 @@ def _pages() -> list[str]:
     return sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html") if not skip & set(p.relative_to(HTML).parts))
 
 
+FOOTCITE = re.compile(r"\{footcite(?::\w+)?\}`([^`]+)`")  # {footcite}, {footcite:t}, ... `key1,key2`
+
+
+def _cells(notebook: Path) -> list[dict]:
+    return [{**c, "source": "".join(c["source"])} for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"]]
+
+
+def _solutions(notebook: Path) -> list[str]:
+    "The code of the notebook's cells tagged `solution`."
+    return [c["source"] for c in _cells(notebook) if "solution" in c["metadata"].get("tags", [])]
+
+
+def _cited(notebook: Path) -> set[str] | None:
+    "The keys the notebook cites with {footcite}, if it has a {footbibliography} to list them."
+    markdown = [c["source"] for c in _cells(notebook) if c["cell_type"] == "markdown"]
+    if not any("{footbibliography}" in src for src in markdown):
+        return None
+    return {key.strip() for src in markdown for keys in FOOTCITE.findall(src) for key in keys.split(",")}
+
+
 PAGES = _pages()
 CHAPTERS = [p for p in PAGES if p.startswith("nbs/") and (ROOT / p).with_suffix(".ipynb").exists()]
+# Read from the chapters' notebooks, not from the build: the book must show each of them.
+NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
+SOLUTIONS = {f"nbs/{nb.stem}.html": code for nb in NOTEBOOKS if (code := _solutions(nb))}
+CITED = {f"nbs/{nb.stem}.html": keys for nb in NOTEBOOKS if (keys := _cited(nb)) is not None}
+
+
+def _none_yet(what: str):
+    "The single parameter of a check that has nothing to check yet: a visible skip saying so."
+    return [pytest.param("<none>", marks=pytest.mark.skip(reason=f"no chapter in nbs/ {what} yet"))]
+
 
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)")
@@ -156,6 +191,53 @@ def test_chapter_links(visit, rel):
     assert any(colab.nth(k).is_visible() for k in range(colab.count())), f"{rel}: Colab link not visible"
     download = page.locator('a[href$=".ipynb"]:not([href^="http"])')
     assert download.count() >= 1, f"{rel}: no .ipynb download link"
+    exercises = f"exercises/{Path(notebook).name}"
+    link = page.locator(f'a[href="{COLAB}{exercises}"]')
+    if (ROOT / exercises).exists():
+        assert link.count() == 1 and link.is_visible(), f"{rel}: no visible Colab link to {exercises}"
+        assert link.inner_text().strip() == "Exercises in Colab"
+    else:
+        assert link.count() == 0 and "Exercises in Colab" not in page.inner_text("body"), \
+            f"{rel}: links to {exercises}, which does not exist"
+
+
+@needs_chromium
+@needs_book
+@pytest.mark.parametrize("rel", list(SOLUTIONS) or _none_yet("has a cell tagged `solution`"))
+def test_solutions_are_folded(visit, rel):
+    page, errors, _ = visit(rel)
+    solutions = SOLUTIONS[rel]
+    folded = page.locator("div.cell.tag_solution details")
+    assert folded.count() == len(solutions), f"{rel}: {len(solutions)} solution cells, {folded.count()} folded"
+    for k, source in enumerate(solutions):
+        toggle, code = folded.nth(k).locator("summary"), folded.nth(k).locator("div.cell_input")
+        assert not code.is_visible(), f"{rel}: solution {k} is not folded"
+        assert toggle.inner_text().strip() == "Show solution"
+        toggle.click()
+        code.wait_for(state="visible", timeout=5_000)
+        assert toggle.inner_text().strip() == "Hide solution"
+        shown = code.inner_text().strip()
+        assert shown and shown in source, f"{rel}: solution {k} shows {shown!r}, not the solution's code"
+    assert not errors, f"{rel}: JavaScript errors: {errors}"
+
+
+@needs_chromium
+@needs_book
+@pytest.mark.parametrize("rel", list(CITED) or _none_yet("has a {footbibliography}"))
+def test_references_are_listed(visit, rel):
+    page, _, _ = visit(rel)
+    body = page.inner_text("body")
+    assert "{footcite" not in body and "{footbibliography" not in body, f"{rel}: citation markup shown as text"
+    notes = page.locator("aside.footnote-list aside.footnote")
+    assert notes.count() == len(CITED[rel]), f"{rel}: cites {sorted(CITED[rel])}, lists {notes.count()} works"
+    marks = page.locator("a.footnote-reference")
+    assert marks.count() >= len(CITED[rel]), f"{rel}: fewer citation marks than cited works"
+    for k in range(marks.count()):
+        target = marks.nth(k).get_attribute("href") or ""
+        assert target.startswith("#") and page.locator(f"aside.footnote[id='{target[1:]}']").count() == 1, \
+            f"{rel}: citation mark {k} points to {target!r}, not to an entry of the reference list"
+    for k in range(notes.count()):
+        assert notes.nth(k).locator("p").inner_text().strip(), f"{rel}: reference {k} is empty"
 
 
 @needs_chromium
@@ -174,38 +256,3 @@ def test_chapters_are_in_the_book():
     notebooks = sorted(p.stem for p in (ROOT / "nbs").glob("*.ipynb"))
     built = sorted(Path(p).stem for p in CHAPTERS)
     assert notebooks == built
-
-
-def test_rewrite_notebook_hides_nbdev():
-    "The book's notebook rewrite, on a small notebook: what readers see of nbdev directives and plotly."
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("nbdev_book", ROOT / "book" / "nbdev_book.py")
-    ext = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ext)
-    code = lambda src, **kw: {"cell_type": "code", "metadata": {}, "source": src, "outputs": [], **kw}
-    fig = {"data": [{"type": "heatmap", "z": [[1, 2], [3, 4]]}], "layout": {}}
-    nb = {"cells": [
-        {"cell_type": "markdown", "metadata": {}, "source": "# Title\n\n> summary"},
-        code("#| default_exp models.thing"),
-        code("#| hide\nimport secret"),
-        code("#|include: false\nx = 1"),
-        code("#| export\ndef f(): pass"),
-        code("#| exporti other.mod\ndef _g(): pass"),
-        code("#| echo: false\nprint(1)"),
-        code("y = 2", metadata={"nbdev": {"output": "false"}}),
-        code("fig", outputs=[{"output_type": "display_data", "metadata": {},
-                              "data": {"application/vnd.plotly.v1+json": fig}}]),
-    ], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-    settings = {"repository_url": "https://github.com/o/r", "branch": "main", "lib_name": "pkg"}
-    out = ext.rewrite_notebook(nb, "nbs/01_x", "nbs/01_x.ipynb", settings)["cells"]
-    sources = [c["source"] for c in out]
-    assert not any("#|" in s for s in sources)
-    assert not any("secret" in s or s == "x = 1" for s in sources)
-    assert any("Exported to `pkg.models.thing`" in s for s in sources)
-    assert any("Exported to `pkg.other.mod`" in s for s in sources)
-    assert any("https://colab.research.google.com/github/o/r/blob/main/nbs/01_x.ipynb" in s for s in sources)
-    tags = {c["source"]: c["metadata"].get("tags", []) for c in out if c["cell_type"] == "code"}
-    assert tags["print(1)"] == ["remove-input"] and tags["y = 2"] == ["remove-output"]
-    (html,) = [o["data"]["text/html"] for c in out for o in c.get("outputs", [])]
-    assert "Plotly.newPlot" in html and "<script src" not in html  # plotly.js comes from _static, once
