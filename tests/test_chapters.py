@@ -61,3 +61,27 @@ def test_chapter_has_title_and_exports_its_module(path):
     assert len(default_exp) == 1, f"{path.name}: one #| default_exp"
     module = default_exp[0].split()[2]
     assert (ROOT / "neural_stack" / (module.replace(".", "/") + ".py")).exists(), module
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_ignored_outputs_say_why_and_are_asserted_next(path):
+    # An output nbval does not compare (a training result, which varies in its last digits between
+    # machines) must say so in a comment, and the next code cell must assert the claim it supports.
+    code = cells(path)
+    for i, cell in enumerate(code):
+        if "nbval-ignore-output" in cell.get("metadata", {}).get("tags", []):
+            assert source(cell).lstrip().startswith("#"), f"{path.name} cell {cell['id']}: start with a comment saying why"
+            assert i + 1 < len(code) and "assert " in source(code[i + 1]), \
+                f"{path.name} cell {cell['id']}: the next code cell must assert what this output shows"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_closes_with_questions_and_references(path):
+    headings = [source(c).split("\n", 1)[0] for c in cells(path, "markdown") if source(c).startswith("## ")]
+    assert headings[-2:] == ["## Questions", "## References"], f"{path.name}: ends with {headings[-2:]}"
+    assert "{footbibliography}" in source(cells(path, "markdown")[-1])
+    cited = {key for c in cells(path, "markdown")
+             for group in re.findall(r"\{footcite:[pt]\}`([^`]+)`", source(c)) for key in group.split(",")}
+    assert len(cited) >= 3, f"{path.name} cites {sorted(cited)}: a reader compares the chapter with at least three works"
+    bib = (ROOT / "book" / "references.bib").read_text()
+    assert not [k for k in cited if f"{{{k}," not in bib], f"{path.name}: keys missing from book/references.bib"
