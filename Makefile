@@ -9,7 +9,7 @@ EXTRAS ?= dev,book,timm
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv export sync-check pytest nbval nbval-portable test bench clean book book-test
+.PHONY: venv export sync-check pytest nbval nbval-portable test bench clean book book-test exercises
 
 venv: $(STAMP)
 
@@ -24,16 +24,21 @@ $(STAMP): pyproject.toml
 export: venv
 	$(BIN)/nbdev-export
 
-# Notebooks are the source: exporting and cleaning them must not change any file.
+# The learner's version of every chapter: exercises/NN_topic.ipynb is nbs/NN_topic.ipynb without its
+# `solution` cells and outputs (tools/exercises.py).
+exercises: venv
+	$(BIN)/python tools/exercises.py
+
+# Notebooks are the source: exporting, cleaning and writing exercises/ from them must not change any file.
 sync-check: venv
-	@echo "== sync gate: nbdev-export and nbdev-clean must change nothing"
+	@echo "== sync gate: nbdev-export, nbdev-clean and tools/exercises.py must change nothing"
 	@before="$$(git status --porcelain=v1 --untracked-files=all; git diff)"; \
-	$(BIN)/nbdev-export; $(BIN)/nbdev-clean; \
+	$(BIN)/nbdev-export; $(BIN)/nbdev-clean; $(BIN)/python tools/exercises.py; \
 	after="$$(git status --porcelain=v1 --untracked-files=all; git diff)"; \
 	if [ "$$before" != "$$after" ]; then \
-	  echo "sync gate FAILED: the package or the notebooks are out of sync. Changed by export/clean:"; \
+	  echo "sync gate FAILED: the package, the notebooks or exercises/ are out of sync. Changed:"; \
 	  diff <(echo "$$before") <(echo "$$after") || true; \
-	  echo "Fix: run 'make export' and '$(BIN)/nbdev-clean', review 'git diff', commit."; \
+	  echo "Fix: run 'make export', '$(BIN)/nbdev-clean' and 'make exercises', review 'git diff', commit."; \
 	  exit 1; \
 	fi; echo "sync gate passed"
 
