@@ -12,7 +12,7 @@ import argparse
 import torch
 from torch import nn
 
-from neural_stack.models import MultiHeadAttention
+from neural_stack.models import MultiHeadAttention, to_torch_mha
 from timing import bench
 
 SIZES = [  # batch, tokens, embed_dim, heads: ViT-Tiny on 32x32 (patch 4), ViT-S/16 and ViT-B/16 at 224
@@ -20,14 +20,6 @@ SIZES = [  # batch, tokens, embed_dim, heads: ViT-Tiny on 32x32 (patch 4), ViT-S
     (8, 197, 384, 6),
     (4, 197, 768, 12),
 ]
-
-
-def torch_copy(mha: MultiHeadAttention) -> nn.MultiheadAttention:
-    ref = nn.MultiheadAttention(mha.embed_dim, mha.num_heads, batch_first=True)
-    with torch.no_grad():
-        ref.in_proj_weight.copy_(mha.qkv_proj.weight); ref.in_proj_bias.copy_(mha.qkv_proj.bias)
-        ref.out_proj.weight.copy_(mha.out_proj.weight); ref.out_proj.bias.copy_(mha.out_proj.bias)
-    return ref
 
 
 def step(module: nn.Module, x: torch.Tensor, need_weights: bool, training: bool):
@@ -55,7 +47,7 @@ def main() -> None:
     for B, T, D, H in SIZES:
         torch.manual_seed(0)
         ours, x = MultiHeadAttention(D, H), torch.randn(B, T, D)
-        ref = torch_copy(ours)
+        ref = to_torch_mha(ours)
         iters = max(2, int(2e8 / (B * T * D * (T + 4 * D))))
         for mode in ("inference", "training"):
             training = mode == "training"

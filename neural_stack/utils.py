@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,7 @@ with warnings.catch_warnings():  # fvcore's import touches torch.jit.script, whi
     from fvcore.nn.jit_handles import get_shape
 
 # %% auto #0
-__all__ = ['sdpa_flop_jit', 'sdpa_activation_jit', 'model_summary']
+__all__ = ['sdpa_flop_jit', 'sdpa_activation_jit', 'ModelSummary', 'model_summary']
 
 # %% ../nbs/05_model_analysis.ipynb #30ca0eda
 _SDPA = "aten::scaled_dot_product_attention"
@@ -36,9 +37,16 @@ def sdpa_activation_jit(inputs: list, outputs: list) -> int:
     return math.prod(get_shape(outputs[0]))
 
 
-def model_summary(model: nn.Module, sample_input: Tensor | tuple[Tensor, ...],
-                  max_depth: int = 2) -> tuple[int, int, int, str]:
-    """(parameters, multiply-adds, activations, table) of one forward pass of `model` on `sample_input`.
+class ModelSummary(NamedTuple):
+    "What `model_summary` measures; unpacks as `params, mult_adds, activations, table`."
+    params: int          # parameters
+    mult_adds: int       # multiply-adds of one forward pass (fused attention included)
+    activations: int     # fvcore's proxy: elements output by convolutions, linear layers and matrix products
+    table: str           # per-module breakdown, with the operators that were not counted
+
+
+def model_summary(model: nn.Module, sample_input: Tensor | tuple[Tensor, ...], max_depth: int = 2) -> ModelSummary:
+    """Parameters, multiply-adds, activations and a table for one forward pass of `model` on `sample_input`.
 
     Multiply-adds count matrix products and convolutions, fused attention included; operators that are
     not multiply-adds (normalisation, softmax, activations, additions) or that fvcore cannot handle are
@@ -72,4 +80,4 @@ def model_summary(model: nn.Module, sample_input: Tensor | tuple[Tensor, ...],
     skipped = ", ".join(f"{name} x{n}" for name, n in sorted(not_counted.items())) or "none"
     table += (f"\n#MACs: multiply-adds of matrix products and convolutions, fused attention included; "
               f"total {num_flops:,}\nnot counted: {skipped}")
-    return num_params, num_flops, num_activations, table
+    return ModelSummary(num_params, num_flops, num_activations, table)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neural_stack.models import MultiHeadAttention, ScaledDotProductAttention
+from neural_stack.models import MultiHeadAttention, ScaledDotProductAttention, from_torch_mha, to_torch_mha
 from neural_stack.models.attention import masked_softmax
 
 SEEDS = range(12)
@@ -38,7 +38,7 @@ def random_case(seed: int, dtype=torch.float32):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_matches_torch_sdpa(seed):
     q, k, v, mask = random_case(seed)
-    out, weights = ScaledDotProductAttention()(q, k, v, mask=mask)
+    out, weights = ScaledDotProductAttention()(q, k, v, attn_mask=mask)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert out.shape == ref.shape and weights.shape == q.shape[:-1] + (k.shape[-2],)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
@@ -47,7 +47,7 @@ def test_matches_torch_sdpa(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_weights_are_softmax_rows(seed):
     q, k, v, mask = random_case(seed)
-    _, weights = ScaledDotProductAttention()(q, k, v, mask=mask)
+    _, weights = ScaledDotProductAttention()(q, k, v, attn_mask=mask)
     sums = weights.sum(-1)
     assert ((sums - 1).abs() < 1e-5).logical_or(sums == 0).all()
     assert (weights >= 0).all() and not weights.isnan().any()
@@ -79,18 +79,18 @@ def test_half_precision_masks(dtype, mask_seed):
     q, k, v, _ = random_case(3, dtype)
     mask = torch.rand(q.shape[-2], k.shape[-2], generator=torch.Generator().manual_seed(mask_seed)) > 0.5
     mask[0] = False
-    out, weights = ScaledDotProductAttention()(q, k, v, mask=mask)
+    out, weights = ScaledDotProductAttention()(q, k, v, attn_mask=mask)
     assert out.dtype == dtype and weights.dtype == dtype
     assert torch.isfinite(out).all() and torch.isfinite(weights).all()
     assert (out[..., 0, :] == 0).all()
-    ref, _ = ScaledDotProductAttention()(q.double(), k.double(), v.double(), mask=mask)
+    ref, _ = ScaledDotProductAttention()(q.double(), k.double(), v.double(), attn_mask=mask)
     tol = 1e-2 if dtype == torch.float16 else 5e-2
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
     # a large negative additive mask becomes -inf in float16 and stays finite in bfloat16: either way the
     # result is finite and, on rows with a visible key, equals torch's attention under the same mask
     # (a fully masked row is uniform in bfloat16, where -1e9 + score rounds to -1e9 for every key)
     additive = torch.zeros(mask.shape).masked_fill(~mask, -1e9).to(dtype)
-    out2, _ = ScaledDotProductAttention()(q, k, v, mask=additive)
+    out2, _ = ScaledDotProductAttention()(q, k, v, attn_mask=additive)
     assert torch.isfinite(out2).all()
     ref2 = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=additive.double())
     visible = mask.any(-1)
@@ -102,7 +102,7 @@ def test_fully_masked_rows_are_zero_with_finite_gradients():
     k, v = torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8, requires_grad=True)
     mask = torch.ones(4, 5, dtype=torch.bool)
     mask[2] = False
-    out, weights = ScaledDotProductAttention()(q, k, v, mask=mask)
+    out, weights = ScaledDotProductAttention()(q, k, v, attn_mask=mask)
     assert (out[:, 2] == 0).all() and (weights[:, 2] == 0).all()
     out.square().sum().backward()
     for t in (q, k, v):
@@ -114,13 +114,13 @@ def test_gradients_match_torch():
     g = torch.Generator().manual_seed(2)
     inputs = [torch.randn(2, 3, 5, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     mask = torch.rand(5, 5, generator=g) > 0.3
-    ours, _ = ScaledDotProductAttention()(*inputs, mask=mask)
+    ours, _ = ScaledDotProductAttention()(*inputs, attn_mask=mask)
     ours_grads = torch.autograd.grad(ours.sin().sum(), inputs)
     ref = F.scaled_dot_product_attention(*inputs, attn_mask=mask)
     ref_grads = torch.autograd.grad(ref.sin().sum(), inputs)
     for a, b in zip(ours_grads, ref_grads):
         torch.testing.assert_close(a, b)
-    assert torch.autograd.gradcheck(lambda q, k, v: ScaledDotProductAttention()(q, k, v, mask=mask)[0],
+    assert torch.autograd.gradcheck(lambda q, k, v: ScaledDotProductAttention()(q, k, v, attn_mask=mask)[0],
                                     [t.detach()[:1, :1].requires_grad_() for t in inputs])
 
 
@@ -145,18 +145,6 @@ def test_masked_softmax_keeps_dtype_and_zeroes_empty_rows():
 
 
 # ---- multi-head attention ------------------------------------------------------------------------
-
-def torch_copy(mha: MultiHeadAttention) -> nn.MultiheadAttention:
-    ref = nn.MultiheadAttention(mha.embed_dim, mha.num_heads, batch_first=True,
-                                bias=mha.qkv_proj.bias is not None, dtype=mha.qkv_proj.weight.dtype)
-    with torch.no_grad():
-        ref.in_proj_weight.copy_(mha.qkv_proj.weight)
-        ref.out_proj.weight.copy_(mha.out_proj.weight)
-        if mha.qkv_proj.bias is not None:
-            ref.in_proj_bias.copy_(mha.qkv_proj.bias)
-            ref.out_proj.bias.copy_(mha.out_proj.bias)
-    return ref.eval()
-
 
 MHA_CASES = [  # (embed_dim, heads, B, Tq, Tk, self_attention, mask kind, bias)
     (16, 1, 1, 1, 1, True, None, True),
@@ -198,11 +186,11 @@ def mha_inputs(case, seed=0):
 def test_mha_matches_torch_module(case):
     torch.manual_seed(0)
     mha = MultiHeadAttention(case[0], case[1], bias=case[7]).eval()
-    ref = torch_copy(mha)
+    ref = to_torch_mha(mha)
     query, key, value, mask, ref_kwargs = mha_inputs(case)
     ref_out, ref_w = ref(query, key, value, average_attn_weights=False, **ref_kwargs)
-    out, weights = mha(query, key, value, mask=mask)
-    fused, none = mha(query, key, value, mask=mask, need_weights=False)
+    out, weights = mha(query, key, value, attn_mask=mask)
+    fused, none = mha(query, key, value, attn_mask=mask, need_weights=False)
     assert none is None and weights.shape == (query.shape[0], case[1], query.shape[1], key.shape[1])
     torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=0)
     torch.testing.assert_close(weights, ref_w, atol=1e-6, rtol=0)
@@ -223,15 +211,15 @@ def test_mha_half_precision_with_mask(dtype):
     x = torch.randn(2, 6, 32, dtype=dtype)
     keep = torch.tensor([[True] * 6, [True] * 2 + [False] * 4])[:, None, None, :]
     for need_weights in (True, False):
-        out, _ = mha(x, x, x, mask=keep, need_weights=need_weights)
+        out, _ = mha(x, x, x, attn_mask=keep, need_weights=need_weights)
         assert out.dtype == dtype and torch.isfinite(out).all()
-    ref, _ = mha.float()(x.float(), x.float(), x.float(), mask=keep)
+    ref, _ = mha.float()(x.float(), x.float(), x.float(), attn_mask=keep)
     torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
     # a float32 additive mask is accepted with half-precision inputs on both paths
     mha.to(dtype)
     bias = torch.randn(6, 6)
-    explicit, _ = mha(x, x, x, mask=bias)
-    fused, _ = mha(x, x, x, mask=bias, need_weights=False)
+    explicit, _ = mha(x, x, x, attn_mask=bias)
+    fused, _ = mha(x, x, x, attn_mask=bias, need_weights=False)
     torch.testing.assert_close(fused.float(), explicit.float(), atol=5e-2, rtol=5e-2)
 
 
@@ -241,8 +229,8 @@ def test_mha_fully_masked_query_gives_bias_only_output_on_both_paths():
     x = torch.randn(1, 4, 16)
     mask = torch.ones(4, 4, dtype=torch.bool)
     mask[1] = False
-    explicit, _ = mha(x, x, x, mask=mask)
-    fused, _ = mha(x, x, x, mask=mask, need_weights=False)
+    explicit, _ = mha(x, x, x, attn_mask=mask)
+    fused, _ = mha(x, x, x, attn_mask=mask, need_weights=False)
     torch.testing.assert_close(explicit[0, 1], mha.out_proj.bias.detach())
     torch.testing.assert_close(fused, explicit, atol=1e-6, rtol=0)
 
@@ -273,7 +261,8 @@ def test_mha_dropout_only_in_training():
 # ---- bad input -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"embed_dim": 30, "num_heads": 4}, r"embed_dim=30 is not divisible by num_heads=4"),
+    ({"embed_dim": 30, "num_heads": 4}, r"embed_dim=30; expected a multiple of num_heads=4"),
+    ({"embed_dim": 16, "num_heads": 2, "bias": 1}, r"bias=1; expected True or False"),
     ({"embed_dim": 0, "num_heads": 1}, r"embed_dim=0; expected a positive integer"),
     ({"embed_dim": 16, "num_heads": 2.0}, r"num_heads=2.0; expected a positive integer"),
     ({"embed_dim": 16, "num_heads": 2, "dropout": 1.0}, r"dropout=1.0; expected a probability in \[0, 1\)"),
@@ -294,9 +283,9 @@ def test_sdpa_bad_arguments():
     with pytest.raises(ValueError, match=r"keys and values differ in length"):
         attn(q, k, torch.randn(2, 5, 5))
     with pytest.raises(ValueError, match=r"mask of shape \(4, 3\) does not broadcast .* \(2, 3, 4\)"):
-        attn(q, k, v, mask=torch.ones(4, 3, dtype=torch.bool))
+        attn(q, k, v, attn_mask=torch.ones(4, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"mask has dtype torch.int64"):
-        attn(q, k, v, mask=torch.ones(3, 4, dtype=torch.long))
+        attn(q, k, v, attn_mask=torch.ones(3, 4, dtype=torch.long))
 
 
 def test_mha_bad_inputs():
@@ -312,4 +301,28 @@ def test_mha_bad_inputs():
         mha(x, x, torch.randn(2, 6, 16))
     for need_weights in (True, False):
         with pytest.raises(ValueError, match=r"mask of shape \(2, 5\) does not broadcast .* \(2, 4, 5, 5\)"):
-            mha(x, x, x, mask=torch.ones(2, 5, dtype=torch.bool), need_weights=need_weights)
+            mha(x, x, x, attn_mask=torch.ones(2, 5, dtype=torch.bool), need_weights=need_weights)
+
+
+# ---- ports to and from torch.nn.MultiheadAttention ------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_torch_mha_port_round_trips_exactly(bias):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(24, 3, dropout=0.1, bias=bias).double().eval()
+    ref = to_torch_mha(mha)
+    assert ref.batch_first and ref.dropout == 0.1 and ref.in_proj_weight.dtype == torch.float64 and not ref.training
+    back = from_torch_mha(ref)
+    assert back.dropout == 0.1 and not back.training
+    assert list(back.state_dict()) == list(mha.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), mha.state_dict().values()))
+    x = torch.randn(2, 5, 24, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x, x, x, need_weights=False)[0], mha(x, x, x)[0], atol=1e-12, rtol=0)
+
+
+def test_from_torch_mha_refuses_what_it_cannot_represent():
+    for kwargs in (dict(kdim=8), dict(add_bias_kv=True), dict(add_zero_attn=True)):
+        with pytest.raises(ValueError, match="kdim == vdim == embed_dim, add_bias_kv=False and add_zero_attn=False"):
+            from_torch_mha(nn.MultiheadAttention(16, 2, batch_first=True, **kwargs))
+

@@ -1,10 +1,12 @@
 """model_summary: parameters, multiply-adds (fused attention included), activations, and what it reports as not counted."""
+from dataclasses import asdict
+
 import pytest
 import torch
 from torch import nn
 
 from neural_stack.models.vision_transformer import VisionTransformer
-from neural_stack.utils import model_summary
+from neural_stack.utils import ModelSummary, model_summary
 
 
 def vit_macs(img_size, patch_size, in_channels, num_classes, embed_dim, num_layers, mlp_ratio, use_cls_token, **_):
@@ -17,10 +19,13 @@ def vit_macs(img_size, patch_size, in_channels, num_classes, embed_dim, num_laye
                                     dict(positional_embedding="sincos-2d", num_heads=4, embed_dim=32)])
 def test_counts_match_closed_forms(kwargs):
     vit = VisionTransformer(**{**dict(img_size=16, patch_size=4, embed_dim=24, num_heads=2, num_layers=2), **kwargs})
-    params, macs, acts, table = model_summary(vit, torch.randn(1, 3, 16, 16))
+    summary = model_summary(vit, torch.randn(1, 3, 16, 16))
+    assert isinstance(summary, ModelSummary) and summary._fields == ("params", "mult_adds", "activations", "table")
+    params, macs, acts, table = summary                         # unpacks as four values
+    assert (params, macs, acts, table) == (summary.params, summary.mult_adds, summary.activations, summary.table)
     assert params == sum(p.numel() for p in vit.parameters())
-    assert macs == vit_macs(**vit.config)                       # exact, hence within 1%
-    assert abs(macs - vit_macs(**vit.config)) <= 0.01 * macs
+    assert macs == vit_macs(**asdict(vit.config))               # exact, hence within 1%
+    assert abs(macs - vit_macs(**asdict(vit.config))) <= 0.01 * macs
     assert acts > 0 and "#MACs" in table
 
 
@@ -77,4 +82,4 @@ def test_vit_b16_parameter_count_on_meta_device():
     with torch.device("meta"):
         vit = VisionTransformer(img_size=224, patch_size=16, num_classes=1000, embed_dim=768, num_heads=12, num_layers=12)
     assert sum(p.numel() for p in vit.parameters()) == 86_567_656
-    assert vit_macs(**vit.config) == 17_563_828_224
+    assert vit_macs(**asdict(vit.config)) == 17_563_828_224

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neural_stack.models.patch_embedding import PatchEmbedding, check_positive_int
+from neural_stack.models.patch_embedding import PatchEmbedding
+from neural_stack.validation import ArgumentError
 
 
 def unfold_linear(embed: PatchEmbedding, images: torch.Tensor) -> torch.Tensor:
@@ -56,7 +57,7 @@ def test_init_is_lecun_normal():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(img_size=30, patch_size=4), r"img_size=30 is not divisible by patch_size=4"),
+    (dict(img_size=30, patch_size=4), r"img_size=30; expected a multiple of patch_size=4"),
     (dict(img_size=0, patch_size=4), r"img_size=0; expected a positive integer"),
     (dict(img_size=32, patch_size=-4), r"patch_size=-4; expected a positive integer"),
     (dict(img_size=32, patch_size=4, in_channels=3.0), r"in_channels=3.0; expected a positive integer"),
@@ -64,8 +65,10 @@ def test_init_is_lecun_normal():
     (dict(img_size="32", patch_size=4), r"img_size='32'; expected a positive integer"),
 ])
 def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ArgumentError, match=match):
         PatchEmbedding(**kwargs)
+    with pytest.raises(ArgumentError, match=match):   # the same rule, asked without building anything
+        PatchEmbedding.check_arguments(**{"in_channels": 3, "embed_dim": 768, **kwargs})
 
 
 def test_bad_inputs():
@@ -76,9 +79,3 @@ def test_bad_inputs():
         embed(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match=r"not divisible by patch_size=4"):
         embed(torch.randn(1, 3, 30, 32))
-
-
-def test_check_positive_int():
-    assert check_positive_int("x", 3) == 3
-    with pytest.raises(ValueError, match="x=0"):
-        check_positive_int("x", 0)

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from neural_stack.models.positional_embedding import (POSITIONAL_EMBEDDINGS, PositionalEmbedding,
+from neural_stack.models.positional_embedding import (LearnedPositionalEmbedding1d, PositionalEmbedding,
                                                      resample_grid_table, sincos_2d, to_grid)
+from neural_stack.validation import ArgumentError
 
-KINDS = POSITIONAL_EMBEDDINGS
+KINDS = tuple(PositionalEmbedding.kinds)
 
 
 def make(kind, img=32, patch=4, dim=16, cls=True):
@@ -130,21 +131,37 @@ def test_resample_is_differentiable_on_the_fly():
 
 
 def test_unknown_type_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"'learned-3d' is unknown; expected one of 'none', 'learned-1d', 'learned-2d', 'sincos-2d'"):
+    with pytest.raises(ArgumentError, match=r"positional_embedding='learned-3d'; expected one of 'none', 'learned-1d', 'learned-2d', 'sincos-2d'"):
         PositionalEmbedding.create("learned-3d", 32, 4, 16)
 
 
+def test_registry_is_the_one_list_of_kinds():
+    assert KINDS == ("none", "learned-1d", "learned-2d", "sincos-2d")
+    assert all(PositionalEmbedding.kinds[k].kind == k and type(make(k)).kind == k for k in KINDS)
+
+    class Shifted(LearnedPositionalEmbedding1d, kind="test-shifted"):   # a new kind is one subclass
+        pass
+    try:
+        assert type(PositionalEmbedding.create("test-shifted", 32, 4, 16)) is Shifted
+    finally:
+        del PositionalEmbedding.kinds["test-shifted"]
+    with pytest.raises(ArgumentError, match="test-shifted"):
+        PositionalEmbedding.create("test-shifted", 32, 4, 16)
+
+
 @pytest.mark.parametrize("args,match", [
-    (("learned-2d", 32, 4, 15), r"embed_dim=15 is odd"),
-    (("sincos-2d", 32, 4, 18), r"embed_dim=18 is not a multiple of 4"),
-    (("learned-1d", 30, 4, 16), r"img_size=30 is not divisible by patch_size=4"),
+    (("learned-2d", 32, 4, 15), r"embed_dim=15; expected a multiple of 2 for 'learned-2d' \(a row half and a column half\)"),
+    (("sincos-2d", 32, 4, 18), r"embed_dim=18; expected a multiple of 4 for 'sincos-2d'"),
+    (("learned-1d", 30, 4, 16), r"img_size=30; expected a multiple of patch_size=4"),
     (("learned-1d", 32, 0, 16), r"patch_size=0; expected a positive integer"),
     (("none", 32, 4, -1), r"embed_dim=-1; expected a positive integer"),
     (("learned-1d", 32, 4, 16, 1), r"use_cls_token=1; expected True or False"),
 ])
 def test_bad_arguments(args, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ArgumentError, match=match):
         PositionalEmbedding.create(*args)
+    with pytest.raises(ArgumentError, match=match):
+        PositionalEmbedding.kinds[args[0]](*args[1:])       # a subclass built directly checks the same
 
 
 @pytest.mark.parametrize("kind", KINDS)

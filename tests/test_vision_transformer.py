@@ -1,17 +1,19 @@
 """VisionTransformer: structure, validation, regularisers, other image sizes, and exact ports of torchvision and timm."""
 import warnings
+from dataclasses import asdict
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from neural_stack.models.vision_transformer import VisionTransformer, from_timm, from_torchvision
+from neural_stack.models.vision_transformer import ViTConfig, VisionTransformer, from_timm, from_torchvision
+from neural_stack.validation import ArgumentError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    import timm
     from timm.models.vision_transformer import VisionTransformer as TimmViT
+    from timm.utils import AttentionExtract
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=24, num_heads=2, num_layers=2, num_classes=5)
 
@@ -35,24 +37,25 @@ def closed_form_params(img_size, patch_size, in_channels, num_classes, embed_dim
                                     dict(positional_embedding="none", mlp_ratio=2.5, in_channels=1, num_classes=3)])
 def test_shapes_params_and_attention(kwargs):
     vit = tiny(**kwargs).eval()
-    x = torch.randn(3, vit.config["in_channels"], 16, 16)
+    x = torch.randn(3, vit.config.in_channels, 16, 16)
     with torch.no_grad():
         logits = vit(x)
         logits2, attn = vit(x, return_attention=True)
-    n = 16 + vit.config["use_cls_token"]
-    assert logits.shape == (3, vit.config["num_classes"])
+    n = 16 + vit.config.use_cls_token
+    assert logits.shape == (3, vit.config.num_classes)
     assert len(attn) == 2 and all(a.shape == (3, 2, n, n) for a in attn)
     torch.testing.assert_close(attn[1].sum(-1), torch.ones(3, 2, n))
     torch.testing.assert_close(logits, logits2, atol=1e-5, rtol=1e-5)   # fused and explicit paths agree
-    assert sum(p.numel() for p in vit.parameters()) == closed_form_params(**vit.config)
+    assert sum(p.numel() for p in vit.parameters()) == closed_form_params(**asdict(vit.config))
 
 
 def test_default_configuration_and_details():
     vit = VisionTransformer()
-    assert vit.config == dict(img_size=32, patch_size=4, in_channels=3, num_classes=10, embed_dim=192, num_heads=3,
-                              num_layers=12, mlp_ratio=4.0, dropout=0.0, attention_dropout=0.0, drop_path=0.0,
-                              positional_embedding="learned-1d", use_cls_token=True)
-    assert sum(p.numel() for p in vit.parameters()) == closed_form_params(**vit.config) == 5_362_762
+    assert vit.config == ViTConfig() == ViTConfig(img_size=32, patch_size=4, in_channels=3, num_classes=10, embed_dim=192,
+                                                  num_heads=3, num_layers=12, mlp_ratio=4.0, dropout=0.0,
+                                                  attention_dropout=0.0, drop_path=0.0,
+                                                  positional_embedding="learned-1d", use_cls_token=True)
+    assert sum(p.numel() for p in vit.parameters()) == closed_form_params(**asdict(vit.config)) == 5_362_762
     norms = [m for m in vit.modules() if isinstance(m, nn.LayerNorm)]
     assert len(norms) == 25 and all(m.eps == 1e-6 for m in norms)
     gelus = [m for m in vit.modules() if isinstance(m, nn.GELU)]
@@ -121,7 +124,7 @@ def test_runs_at_other_sizes_and_resample_agrees(kind, cls):
     vit = tiny(positional_embedding=kind, use_cls_token=cls).eval()
     x = torch.randn(2, 3, 24, 24)
     bigger = vit.resample(24)
-    assert bigger.patch_embed.num_patches == 36 and bigger.config["img_size"] == 24 and not bigger.training
+    assert bigger.patch_embed.num_patches == 36 and bigger.config.img_size == 24 and not bigger.training
     with torch.no_grad():
         torch.testing.assert_close(vit(x), bigger(x), atol=1e-5, rtol=1e-5)
         same = vit.resample(16)
@@ -133,41 +136,52 @@ def test_runs_at_other_sizes_and_resample_agrees(kind, cls):
 # ---------------------------------------------------------------- validation
 @pytest.mark.parametrize("kwargs,match", [
     (dict(img_size=0), r"img_size=0; expected a positive integer"),
-    (dict(img_size=30), r"img_size=30 is not divisible by patch_size=4"),
+    (dict(img_size=30), r"img_size=30; expected a multiple of patch_size=4"),
     (dict(patch_size=2.0), r"patch_size=2.0; expected a positive integer"),
     (dict(in_channels=0), r"in_channels=0; expected a positive integer"),
-    (dict(num_classes=-1), r"num_classes=-1; expected a non-negative integer"),
-    (dict(num_classes=True), r"num_classes=True; expected a non-negative integer"),
+    (dict(num_classes=-1), r"num_classes=-1; expected an integer >= 0"),
+    (dict(num_classes=True), r"num_classes=True; expected an integer >= 0"),
     (dict(embed_dim=None), r"embed_dim=None; expected a positive integer"),
-    (dict(embed_dim=100, num_heads=3), r"embed_dim=100 is not divisible by num_heads=3"),
+    (dict(embed_dim=100, num_heads=3), r"embed_dim=100; expected a multiple of num_heads=3"),
     (dict(num_heads=0), r"num_heads=0; expected a positive integer"),
     (dict(num_layers=0), r"num_layers=0; expected a positive integer"),
-    (dict(mlp_ratio=0), r"mlp_ratio=0; expected a positive number"),
-    (dict(mlp_ratio="4"), r"mlp_ratio='4'; expected a positive number"),
+    (dict(mlp_ratio=0), r"mlp_ratio=0; expected a finite number > 0"),
+    (dict(mlp_ratio="4"), r"mlp_ratio='4'; expected a finite number > 0"),
+    (dict(mlp_ratio=0.001), r"mlp_ratio=0.001; expected at least 1 / embed_dim=192"),
     (dict(dropout=1.0), r"dropout=1.0; expected a probability in \[0, 1\)"),
     (dict(dropout=-0.1), r"dropout=-0.1; expected a probability in \[0, 1\)"),
     (dict(attention_dropout=2), r"attention_dropout=2; expected a probability in \[0, 1\)"),
     (dict(drop_path=1.5), r"drop_path=1.5; expected a probability in \[0, 1\)"),
     (dict(positional_embedding="rope"), r"positional_embedding='rope'; expected one of 'none', 'learned-1d', 'learned-2d', 'sincos-2d'"),
-    (dict(use_cls_token=1), r"use_cls_token=1; expected True \(class token\) or False \(mean pooling\)"),
-    (dict(positional_embedding="sincos-2d", embed_dim=6, num_heads=2), r"embed_dim=6 is not a multiple of 4"),
+    (dict(use_cls_token=1), r"use_cls_token=1; expected True or False"),
+    (dict(positional_embedding="sincos-2d", embed_dim=6, num_heads=2), r"embed_dim=6; expected a multiple of 4 for 'sincos-2d'"),
 ])
 def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ArgumentError, match=match):
+        ViTConfig(**kwargs)
+    with pytest.raises(ArgumentError, match=match):
         VisionTransformer(**kwargs)
+
+
+def test_config_is_mutable_and_checked_again_before_building():
+    config = ViTConfig(embed_dim=64, num_heads=4, num_layers=2)
+    config.embed_dim = 66                       # a loaded configuration may be edited field by field
+    with pytest.raises(ArgumentError, match=r"embed_dim=66; expected a multiple of num_heads=4"):
+        VisionTransformer.from_config(config)
+    config.num_heads = 6
+    vit = VisionTransformer.from_config(config)
+    assert vit.config == config and vit.config is not config and vit.blocks[0].attn.num_heads == 6
 
 
 # ---------------------------------------------------------------- ports
 def timm_logits_and_attention(model, x):
-    captured, hooks = [], []
-    for block in model.blocks:
-        block.attn.fused_attn = False
-        hooks.append(block.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.append(i[0])))
     with torch.no_grad():
         logits = model(x)
-    for h in hooks:
-        h.remove()
-    return logits, captured
+        for block in model.blocks:               # timm computes attention maps only on its explicit path
+            block.attn.fused_attn = False
+        with warnings.catch_warnings():          # torch.fx notes that eval-mode graphs differ from train-mode ones
+            warnings.simplefilter("ignore")
+            return logits, list(AttentionExtract(model)(x).values())
 
 
 def assert_same(ours, ref_logits, x, ref_attn=None):
@@ -192,8 +206,8 @@ def test_from_torchvision(cfg):
     nn.init.normal_(ref.heads.head.weight, std=0.5)       # torchvision zero-initialises its head
     nn.init.normal_(ref.heads.head.bias, std=0.5)
     ours = from_torchvision(ref)
-    assert not ours.training and ours.config["dropout"] == 0.1 and ours.config["attention_dropout"] == 0.2
-    assert ours.config["num_layers"] == cfg["num_layers"] and ours.blocks[0].mlp.fc1.out_features == cfg["mlp_dim"]
+    assert not ours.training and ours.config.dropout == 0.1 and ours.config.attention_dropout == 0.2
+    assert ours.config.num_layers == cfg["num_layers"] and ours.blocks[0].mlp.fc1.out_features == cfg["mlp_dim"]
     x = torch.randn(2, 3, cfg["image_size"], cfg["image_size"])
     with torch.no_grad():
         ref_logits = ref(x)
@@ -214,13 +228,20 @@ def test_from_timm(cfg):
     ref = TimmViT(**cfg).eval()
     nn.init.normal_(ref.head.bias, std=0.5)
     ours = from_timm(ref)
-    assert ours.config["use_cls_token"] == cfg.get("class_token", True)
-    assert ours.config["positional_embedding"] == ("none" if cfg.get("pos_embed") == "none" else "learned-1d")
-    assert ours.config["drop_path"] == pytest.approx(cfg.get("drop_path_rate", 0.0))
+    assert ours.config.use_cls_token == cfg.get("class_token", True)
+    assert ours.config.positional_embedding == ("none" if cfg.get("pos_embed") == "none" else "learned-1d")
+    assert ours.config.drop_path == pytest.approx(cfg.get("drop_path_rate", 0.0))
     x = torch.randn(2, cfg.get("in_chans", 3), cfg["img_size"], cfg["img_size"])
     ref_logits, ref_attn = timm_logits_and_attention(ref, x)
     assert len(ref_attn) == cfg["depth"]
     assert_same(ours, ref_logits, x, ref_attn)
+    with torch.no_grad():                        # timm's two halves, with timm's meaning
+        tokens, ref_tokens = ours.forward_features(x), ref.forward_features(x)
+        torch.testing.assert_close(tokens, ref_tokens, atol=1e-5, rtol=0)
+        for pre_logits in (False, True):
+            torch.testing.assert_close(ours.forward_head(tokens, pre_logits=pre_logits),
+                                       ref.forward_head(ref_tokens, pre_logits=pre_logits), atol=1e-5, rtol=0)
+        assert ours.forward_head(tokens, pre_logits=True).shape == (2, cfg["embed_dim"])
 
 
 def test_from_timm_keeps_training_mode():
@@ -298,3 +319,16 @@ def test_resample_keeps_dtype_and_training_mode():
     x = torch.randn(2, 3, 24, 24, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(vit(x), bigger(x))
+
+
+def test_forward_features_and_forward_head_compose_to_forward():
+    vit = tiny().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens, attn = vit.forward_features(x, return_attention=True)
+        assert tokens.shape == (2, 17, 24) and len(attn) == 2
+        torch.testing.assert_close(vit.forward_features(x), tokens, atol=1e-5, rtol=0)   # fused and explicit
+        logits, attn2 = vit(x, return_attention=True)
+        assert torch.equal(vit.forward_head(tokens), logits) and all(torch.equal(a, b) for a, b in zip(attn, attn2))
+        torch.testing.assert_close(vit.head(vit.forward_head(tokens, pre_logits=True)), logits)
+

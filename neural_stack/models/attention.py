@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..validation import check_bool, check_int, check_multiple, check_probability
+
 # %% auto #0
-__all__ = ['masked_softmax', 'ScaledDotProductAttention', 'MultiHeadAttention']
+__all__ = ['masked_softmax', 'ScaledDotProductAttention', 'MultiHeadAttention', 'to_torch_mha', 'from_torch_mha']
 
 # %% ../../nbs/01_attention.ipynb #1f6243e7
 def masked_softmax(scores: Tensor) -> Tensor:
@@ -42,40 +44,41 @@ class ScaledDotProductAttention(nn.Module):
 
     def __init__(self, dropout: float = 0.0):
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout!r}; expected a probability in [0, 1)")
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(check_probability("dropout", dropout))
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        "q [..., Tq, d], k [..., Tk, d], v [..., Tk, dv]; mask broadcastable to [..., Tq, Tk]."
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        "q [..., Tq, d], k [..., Tk, d], v [..., Tk, dv]; `attn_mask` broadcastable to [..., Tq, Tk]."
         if q.shape[-1] != k.shape[-1]:
             raise ValueError(f"query dim {q.shape[-1]} != key dim {k.shape[-1]} (q {tuple(q.shape)}, k {tuple(k.shape)})")
         if k.shape[-2] != v.shape[-2]:
             raise ValueError(f"keys and values differ in length: k {tuple(k.shape)}, v {tuple(v.shape)}")
         scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
-        if mask is not None:
-            _check_mask(mask, scores.shape)
-            scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
-                      else scores + mask.to(scores.dtype))
+        if attn_mask is not None:
+            _check_mask(attn_mask, scores.shape)
+            scores = (scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
+                      else scores + attn_mask.to(scores.dtype))
         weights = masked_softmax(scores)
         # Dropout acts on what multiplies the values; the weights we return are the clean softmax.
         return self.dropout(weights) @ v, weights
 
 # %% ../../nbs/01_attention.ipynb #9f335bb6
 class MultiHeadAttention(nn.Module):
-    "Multi-head attention over batch-first inputs: `mha(query, key, value, mask)` -> (output, weights)."
+    "Multi-head attention over batch-first inputs: `mha(query, key, value, attn_mask)` -> (output, weights)."
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r}; expected a positive integer")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        self.check_arguments(embed_dim, num_heads, dropout, bias)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.attention = ScaledDotProductAttention(dropout)
         self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    @staticmethod
+    def check_arguments(embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        "Raise an `ArgumentError` unless these arguments build a `MultiHeadAttention`."
+        check_multiple("embed_dim", check_int("embed_dim", embed_dim), "num_heads", check_int("num_heads", num_heads))
+        check_probability("dropout", dropout)
+        check_bool("bias", bias)
 
     @property
     def dropout(self) -> float:
@@ -94,25 +97,50 @@ class MultiHeadAttention(nn.Module):
         "Project to queries, keys and values of shape [B, H, T, head_dim]."
         B, H, dh = query.shape[0], self.num_heads, self.head_dim
         if query is key and key is value:  # self-attention: one fused matrix product
-            qkv = self.qkv_proj(query).view(B, -1, 3, H, dh).permute(2, 0, 3, 1, 4)
-            return qkv[0], qkv[1], qkv[2]
+            return self.qkv_proj(query).view(B, -1, 3, H, dh).permute(2, 0, 3, 1, 4).unbind(0)
         weights = self.qkv_proj.weight.chunk(3)
         biases = self.qkv_proj.bias.chunk(3) if self.qkv_proj.bias is not None else (None,) * 3
         return tuple(F.linear(x, w, b).view(B, -1, H, dh).transpose(1, 2)
                      for x, w, b in zip((query, key, value), weights, biases))
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None,
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
                 need_weights: bool = True) -> tuple[Tensor, Tensor | None]:
-        "query [B, Tq, D], key/value [B, Tk, D]; mask broadcastable to [B, H, Tq, Tk]."
+        "query [B, Tq, D], key/value [B, Tk, D]; `attn_mask` broadcastable to [B, H, Tq, Tk]."
         self._check_inputs(query, key, value)
         q, k, v = self._project(query, key, value)
         if need_weights:
-            out, weights = self.attention(q, k, v, mask=mask)
+            out, weights = self.attention(q, k, v, attn_mask=attn_mask)
         else:
-            if mask is not None:
-                _check_mask(mask, torch.Size((q.shape[0], self.num_heads, q.shape[2], k.shape[2])))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+            if attn_mask is not None:
+                _check_mask(attn_mask, torch.Size((q.shape[0], self.num_heads, q.shape[2], k.shape[2])))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                                  dropout_p=self.dropout if self.training else 0.0)
             weights = None
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.embed_dim)
         return self.out_proj(out), weights
+
+# %% ../../nbs/01_attention.ipynb #13855d8f
+def to_torch_mha(mha: MultiHeadAttention) -> nn.MultiheadAttention:
+    "A batch-first `torch.nn.MultiheadAttention` holding `mha`'s weights, on its device and dtype, in its mode."
+    p = mha.qkv_proj.weight
+    ref = nn.MultiheadAttention(mha.embed_dim, mha.num_heads, dropout=mha.dropout, batch_first=True,
+                                bias=mha.qkv_proj.bias is not None, device=p.device, dtype=p.dtype)
+    ref.load_state_dict(_torch_mha_state(mha.state_dict(), to_torch=True))
+    return ref.train(mha.training)
+
+
+def from_torch_mha(module: nn.MultiheadAttention) -> MultiHeadAttention:
+    "A `MultiHeadAttention` holding the weights of a `torch.nn.MultiheadAttention` (fed batch first from then on)."
+    if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
+        raise ValueError("from_torch_mha needs kdim == vdim == embed_dim, add_bias_kv=False and add_zero_attn=False")
+    p = module.in_proj_weight
+    mha = MultiHeadAttention(module.embed_dim, module.num_heads, dropout=module.dropout,
+                             bias=module.in_proj_bias is not None).to(device=p.device, dtype=p.dtype)
+    mha.load_state_dict(_torch_mha_state(module.state_dict(), to_torch=False))
+    return mha.train(module.training)
+
+
+def _torch_mha_state(state: dict[str, Tensor], to_torch: bool) -> dict[str, Tensor]:
+    "Rename the stacked projection between our `qkv_proj` and PyTorch's `in_proj_`; the rest is shared."
+    ours, theirs = ("qkv_proj.", "in_proj_") if to_torch else ("in_proj_", "qkv_proj.")
+    return {(theirs + k.removeprefix(ours)) if k.startswith(ours) else k: v for k, v in state.items()}

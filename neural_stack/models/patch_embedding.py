@@ -11,34 +11,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..validation import check_int, check_multiple
+
 # %% auto #0
-__all__ = ['check_positive_int', 'PatchEmbedding']
+__all__ = ['PatchEmbedding']
 
 # %% ../../nbs/02_patch_embedding.ipynb #5a279efc
-def check_positive_int(name: str, value: object) -> int:
-    "Return `value` if it is a positive `int` (not a `bool`), else raise a `ValueError` naming `name`."
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r}; expected a positive integer")
-    return value
-
-
 class PatchEmbedding(nn.Module):
     "Cut [B, C, H, W] images into non-overlapping `patch_size` squares and embed each one: tokens [B, N, D]."
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768):
         super().__init__()
-        for name, value in (("img_size", img_size), ("patch_size", patch_size),
-                            ("in_channels", in_channels), ("embed_dim", embed_dim)):
-            check_positive_int(name, value)
-        if img_size % patch_size:
-            raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}; "
-                             "expected an image size that is a multiple of the patch size")
+        self.check_arguments(img_size, patch_size, in_channels, embed_dim)
         self.img_size, self.patch_size, self.in_channels, self.embed_dim = img_size, patch_size, in_channels, embed_dim
         self.grid_size = img_size // patch_size                  # patches per side
         self.num_patches = self.grid_size ** 2
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
         nn.init.trunc_normal_(self.proj.weight, std=math.sqrt(1.0 / (in_channels * patch_size ** 2)))
         nn.init.zeros_(self.proj.bias)
+
+    @staticmethod
+    def check_arguments(img_size: int, patch_size: int, in_channels: int, embed_dim: int) -> None:
+        "Raise an `ArgumentError` unless these arguments build a `PatchEmbedding`."
+        for name, value in (("img_size", img_size), ("patch_size", patch_size),
+                            ("in_channels", in_channels), ("embed_dim", embed_dim)):
+            check_int(name, value)
+        check_multiple("img_size", img_size, "patch_size", patch_size)
 
     def forward(self, images: Tensor) -> Tensor:
         "images [B, C, H, W] with H and W multiples of `patch_size` -> tokens [B, (H/P)(W/P), D], raster order."

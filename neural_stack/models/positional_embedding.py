@@ -12,29 +12,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .patch_embedding import check_positive_int
+from .patch_embedding import PatchEmbedding
+from ..validation import ArgumentError, check_bool, check_choice, check_int
 
 # %% auto #0
-__all__ = ['POSITIONAL_EMBEDDINGS', 'to_grid', 'sincos_2d', 'resample_grid_table', 'PositionalEmbedding', 'NoPositionalEmbedding',
+__all__ = ['to_grid', 'sincos_2d', 'resample_grid_table', 'PositionalEmbedding', 'NoPositionalEmbedding',
            'LearnedPositionalEmbedding1d', 'LearnedPositionalEmbedding2d', 'SinCosPositionalEmbedding2d']
 
 # %% ../../nbs/03_positional_embedding.ipynb #8b66a613
-POSITIONAL_EMBEDDINGS = ("none", "learned-1d", "learned-2d", "sincos-2d")
-
-
 def to_grid(grid_size: int | tuple[int, int], name: str = "grid_size") -> tuple[int, int]:
     "`g` or `(rows, cols)` -> `(rows, cols)`, both positive ints."
     pair = (grid_size, grid_size) if isinstance(grid_size, int) and not isinstance(grid_size, bool) else grid_size
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ValueError(f"{name}={grid_size!r}; expected a positive integer or a pair (rows, cols)")
-    return check_positive_int(f"{name}[0]", pair[0]), check_positive_int(f"{name}[1]", pair[1])
+        raise ArgumentError(name, grid_size, "a positive integer or a pair (rows, cols)")
+    return check_int(f"{name}[0]", pair[0]), check_int(f"{name}[1]", pair[1])
 
 
 def sincos_2d(grid_size: int | tuple[int, int], embed_dim: int, temperature: float = 10_000.0) -> Tensor:
     "Fixed 2-D table [rows * cols, embed_dim], big_vision layout: [sin(col ω), cos(col ω), sin(row ω), cos(row ω)]."
     rows, cols = to_grid(grid_size)
-    if embed_dim % 4:
-        raise ValueError(f"embed_dim={embed_dim} is not a multiple of 4, which sincos-2d needs (4 blocks of D/4)")
+    if check_int("embed_dim", embed_dim) % 4:
+        raise ArgumentError("embed_dim", embed_dim, "a multiple of 4 for 'sincos-2d' (four blocks of D/4 channels)")
     i, j = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
     num_freqs = embed_dim // 4
     omega = 1.0 / temperature ** (torch.arange(num_freqs, dtype=torch.float64) / max(num_freqs - 1, 1))
@@ -54,18 +52,21 @@ def resample_grid_table(table: Tensor, old_grid: tuple[int, int], new_grid: tupl
 
 # %% ../../nbs/03_positional_embedding.ipynb #4975d1d9
 class PositionalEmbedding(nn.Module):
-    "Adds position information to tokens [B, N(+1), D]. Build one with `PositionalEmbedding.create(...)`."
+    "Adds position information to tokens [B, N(+1), D]. Build one with `PositionalEmbedding.create(kind, ...)`."
 
+    kinds: dict[str, type[PositionalEmbedding]] = {}   # the registry: kind name -> subclass
     kind = ""
+    embed_dim_multiple, embed_dim_reason = 1, ""       # what a kind needs of embed_dim, and why
+
+    def __init_subclass__(cls, kind: str, **kwargs):
+        "Register a subclass under its kind: `class Mine(PositionalEmbedding, kind='mine')`."
+        super().__init_subclass__(**kwargs)
+        cls.kind = kind
+        PositionalEmbedding.kinds[kind] = cls
 
     def __init__(self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True):
         super().__init__()
-        for name, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim)):
-            check_positive_int(name, value)
-        if img_size % patch_size:
-            raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
-        if not isinstance(use_cls_token, bool):
-            raise ValueError(f"use_cls_token={use_cls_token!r}; expected True or False")
+        self.check_arguments(self.kind, img_size, patch_size, embed_dim, use_cls_token)
         self.grid_size = (img_size // patch_size,) * 2
         self.embed_dim, self.use_cls_token = embed_dim, use_cls_token
         self.num_prefix_tokens = int(use_cls_token)
@@ -73,13 +74,19 @@ class PositionalEmbedding(nn.Module):
     @staticmethod
     def create(kind: str, img_size: int, patch_size: int, embed_dim: int,
                use_cls_token: bool = True) -> PositionalEmbedding:
-        "Build the positional embedding named `kind`: one of `POSITIONAL_EMBEDDINGS`."
-        types = {"none": NoPositionalEmbedding, "learned-1d": LearnedPositionalEmbedding1d,
-                 "learned-2d": LearnedPositionalEmbedding2d, "sincos-2d": SinCosPositionalEmbedding2d}
-        if kind not in types:
-            raise ValueError(f"positional embedding {kind!r} is unknown; expected one of "
-                             + ", ".join(repr(t) for t in POSITIONAL_EMBEDDINGS))
-        return types[kind](img_size, patch_size, embed_dim, use_cls_token)
+        "Build the positional embedding registered as `kind` (one of `PositionalEmbedding.kinds`)."
+        PositionalEmbedding.check_arguments(kind, img_size, patch_size, embed_dim, use_cls_token)
+        return PositionalEmbedding.kinds[kind](img_size, patch_size, embed_dim, use_cls_token)
+
+    @staticmethod
+    def check_arguments(kind: str, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool) -> None:
+        "Raise an `ArgumentError` unless these arguments build the positional embedding `kind`."
+        cls = PositionalEmbedding.kinds[check_choice("positional_embedding", kind, PositionalEmbedding.kinds)]
+        PatchEmbedding.check_arguments(img_size, patch_size, 1, embed_dim)   # the same grid rules
+        check_bool("use_cls_token", use_cls_token)
+        if embed_dim % cls.embed_dim_multiple:
+            raise ArgumentError("embed_dim", embed_dim, f"a multiple of {cls.embed_dim_multiple} for {kind!r} "
+                                                        f"({cls.embed_dim_reason})")
 
     def _grid(self, grid_size: int | tuple[int, int] | None) -> tuple[int, int]:
         return self.grid_size if grid_size is None else to_grid(grid_size)
@@ -113,18 +120,16 @@ class PositionalEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.kind!r}, grid_size={self.grid_size}, embed_dim={self.embed_dim}, use_cls_token={self.use_cls_token}"
 
-
-class NoPositionalEmbedding(PositionalEmbedding):
+# %% ../../nbs/03_positional_embedding.ipynb #cc66bbf6
+class NoPositionalEmbedding(PositionalEmbedding, kind="none"):
     "No position information: tokens pass through unchanged (the paper's 'no positional embedding' baseline)."
-    kind = "none"
 
     def embedding(self, grid_size: int | tuple[int, int] | None = None) -> Tensor | None:
         return None
 
-
-class LearnedPositionalEmbedding1d(PositionalEmbedding):
+# %% ../../nbs/03_positional_embedding.ipynb #be0f408d
+class LearnedPositionalEmbedding1d(PositionalEmbedding, kind="learned-1d"):
     "One learned vector per token in raster order (class token first): the standard ViT table `weight` [1, N(+1), D]."
-    kind = "learned-1d"
 
     def __init__(self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True):
         super().__init__(img_size, patch_size, embed_dim, use_cls_token)
@@ -142,15 +147,13 @@ class LearnedPositionalEmbedding1d(PositionalEmbedding):
         self.weight = nn.Parameter(self.embedding(grid).detach().clone())
         super()._move_to(grid)
 
-
-class LearnedPositionalEmbedding2d(PositionalEmbedding):
+# %% ../../nbs/03_positional_embedding.ipynb #bd858b89
+class LearnedPositionalEmbedding2d(PositionalEmbedding, kind="learned-2d"):
     "A learned row table [rows, D/2] and column table [cols, D/2]; patch (i, j) gets [row_i; col_j] (ViT App. D.4)."
-    kind = "learned-2d"
+    embed_dim_multiple, embed_dim_reason = 2, "a row half and a column half"
 
     def __init__(self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True):
         super().__init__(img_size, patch_size, embed_dim, use_cls_token)
-        if embed_dim % 2:
-            raise ValueError(f"embed_dim={embed_dim} is odd; learned-2d needs an even embed_dim (a row half and a column half)")
         rows, cols = self.grid_size
         init = lambda *shape: nn.Parameter(nn.init.trunc_normal_(torch.empty(*shape), std=0.02))
         self.row_weight, self.col_weight = init(rows, embed_dim // 2), init(cols, embed_dim // 2)
@@ -175,10 +178,10 @@ class LearnedPositionalEmbedding2d(PositionalEmbedding):
         self.row_weight, self.col_weight = nn.Parameter(row.detach().clone()), nn.Parameter(col.detach().clone())
         super()._move_to(grid)
 
-
-class SinCosPositionalEmbedding2d(PositionalEmbedding):
+# %% ../../nbs/03_positional_embedding.ipynb #36b6a62c
+class SinCosPositionalEmbedding2d(PositionalEmbedding, kind="sincos-2d"):
     "Fixed 2-D sine-cosine table (big_vision layout, see `sincos_2d`) kept as a non-persistent buffer; zeros for the class token."
-    kind = "sincos-2d"
+    embed_dim_multiple, embed_dim_reason = 4, "four blocks of D/4 channels"
 
     def __init__(self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True):
         super().__init__(img_size, patch_size, embed_dim, use_cls_token)

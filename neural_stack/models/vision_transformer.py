@@ -5,26 +5,21 @@
 # %% ../../nbs/04_vision_transformer.ipynb #5d674818
 from __future__ import annotations
 
-import math
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from .attention import MultiHeadAttention
-from .patch_embedding import PatchEmbedding, check_positive_int
-from .positional_embedding import POSITIONAL_EMBEDDINGS, PositionalEmbedding
+from .patch_embedding import PatchEmbedding
+from .positional_embedding import PositionalEmbedding
+from ..validation import ArgumentError, check_int, check_number, check_probability
 
 # %% auto #0
-__all__ = ['MLP', 'EncoderBlock', 'VisionTransformer', 'from_torchvision', 'from_timm']
+__all__ = ['MLP', 'EncoderBlock', 'ViTConfig', 'VisionTransformer', 'from_torchvision', 'from_timm']
 
 # %% ../../nbs/04_vision_transformer.ipynb #ca9bf12c
-def _check_probability(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r}; expected a probability in [0, 1)")
-    return float(value)
-
-
 class MLP(nn.Module):
     "Linear -> exact GELU -> dropout -> linear -> dropout, as in the ViT paper."
 
@@ -36,7 +31,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
-
+# %% ../../nbs/04_vision_transformer.ipynb #22e0f1cf
 class EncoderBlock(nn.Module):
     "Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), each branch with dropout and stochastic depth."
 
@@ -59,6 +54,42 @@ class EncoderBlock(nn.Module):
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
 
+# %% ../../nbs/04_vision_transformer.ipynb #9adb24c9
+@dataclass
+class ViTConfig:
+    "Every argument of a `VisionTransformer`, validated on construction and by `validate()`."
+
+    img_size: int = 32
+    patch_size: int = 4
+    in_channels: int = 3
+    num_classes: int = 10                 # 0: no head, the model returns pooled features
+    embed_dim: int = 192
+    num_heads: int = 3
+    num_layers: int = 12
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    positional_embedding: str = "learned-1d"
+    use_cls_token: bool = True            # False: mean pooling
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> ViTConfig:
+        "Raise an `ArgumentError` naming the first field that cannot build a model; return the config."
+        PatchEmbedding.check_arguments(self.img_size, self.patch_size, self.in_channels, self.embed_dim)
+        PositionalEmbedding.check_arguments(self.positional_embedding, self.img_size, self.patch_size,
+                                            self.embed_dim, self.use_cls_token)
+        MultiHeadAttention.check_arguments(self.embed_dim, self.num_heads)
+        check_int("num_layers", self.num_layers)
+        check_int("num_classes", self.num_classes, minimum=0)
+        if int(self.embed_dim * check_number("mlp_ratio", self.mlp_ratio, above=0)) < 1:
+            raise ArgumentError("mlp_ratio", self.mlp_ratio, f"at least 1 / embed_dim={self.embed_dim}")
+        for name in ("dropout", "attention_dropout", "drop_path"):
+            check_probability(name, getattr(self, name))
+        return self
+
 # %% ../../nbs/04_vision_transformer.ipynb #8d6f015c
 class VisionTransformer(nn.Module):
     "ViT classifier: `vit(images)` -> logits [B, num_classes]; `vit(images, return_attention=True)` -> (logits, [B, H, N, N] per layer)."
@@ -68,31 +99,9 @@ class VisionTransformer(nn.Module):
                  dropout: float = 0.0, attention_dropout: float = 0.0, drop_path: float = 0.0,
                  positional_embedding: str = "learned-1d", use_cls_token: bool = True):
         super().__init__()
-        for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_channels", in_channels),
-                            ("embed_dim", embed_dim), ("num_heads", num_heads), ("num_layers", num_layers)):
-            check_positive_int(name, value)
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-            raise ValueError(f"num_classes={num_classes!r}; expected a non-negative integer (0: no head, return features)")
-        if img_size % patch_size:
-            raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or int(embed_dim * mlp_ratio) < 1:
-            raise ValueError(f"mlp_ratio={mlp_ratio!r}; expected a positive number with int(embed_dim * mlp_ratio) >= 1")
-        for name, value in (("dropout", dropout), ("attention_dropout", attention_dropout), ("drop_path", drop_path)):
-            _check_probability(name, value)
-        if positional_embedding not in POSITIONAL_EMBEDDINGS:
-            raise ValueError(f"positional_embedding={positional_embedding!r}; expected one of "
-                             + ", ".join(repr(p) for p in POSITIONAL_EMBEDDINGS))
-        if not isinstance(use_cls_token, bool):
-            raise ValueError(f"use_cls_token={use_cls_token!r}; expected True (class token) or False (mean pooling)")
-        self.config = dict(img_size=img_size, patch_size=patch_size, in_channels=in_channels, num_classes=num_classes,
-                           embed_dim=embed_dim, num_heads=num_heads, num_layers=num_layers, mlp_ratio=float(mlp_ratio),
-                           dropout=float(dropout), attention_dropout=float(attention_dropout),
-                           drop_path=float(drop_path), positional_embedding=positional_embedding,
-                           use_cls_token=use_cls_token)
+        self.config = ViTConfig(img_size, patch_size, in_channels, num_classes, embed_dim, num_heads, num_layers,
+                                 mlp_ratio, dropout, attention_dropout, drop_path, positional_embedding, use_cls_token)
         self.patch_size, self.embed_dim, self.num_classes = patch_size, embed_dim, num_classes
-
         self.patch_embed = PatchEmbedding(img_size, patch_size, in_channels, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
         self.pos_embed = PositionalEmbedding.create(positional_embedding, img_size, patch_size, embed_dim, use_cls_token)
@@ -109,8 +118,13 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def forward_features(self, images: Tensor, return_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
-        "images [B, C, H, W] -> (pooled and normalised features [B, D], attention weights per block or [])."
+    @classmethod
+    def from_config(cls, config: ViTConfig) -> VisionTransformer:
+        "A model built from `config`, validated again first (it may have changed since it was built)."
+        return cls(**asdict(config.validate()))
+
+    def forward_features(self, images: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        "images [B, C, H, W] -> tokens [B, N, D] after the last block and the final norm (timm's meaning), plus the attention maps when asked."
         x = self.patch_embed(images)
         grid = (int(images.shape[-2]) // self.patch_size, int(images.shape[-1]) // self.patch_size)  # int(): sizes are tensors under jit tracing
         if self.cls_token is not None:
@@ -122,19 +136,24 @@ class VisionTransformer(nn.Module):
             if return_attention:
                 attentions.append(weights)
         x = self.norm(x)
-        x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
-        return self.fc_norm(x), attentions
+        return (x, attentions) if return_attention else x
+
+    def forward_head(self, tokens: Tensor, pre_logits: bool = False) -> Tensor:
+        "tokens [B, N, D] -> logits [B, num_classes]; with `pre_logits`, the pooled and normalised features [B, D]."
+        x = self.fc_norm(tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1))
+        return x if pre_logits else self.head(x)
 
     def forward(self, images: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         "images [B, C, H, W] -> logits [B, num_classes], plus the attention weights when `return_attention`."
-        features, attentions = self.forward_features(images, return_attention)
-        logits = self.head(features)
-        return (logits, attentions) if return_attention else logits
+        if not return_attention:
+            return self.forward_head(self.forward_features(images))
+        tokens, attentions = self.forward_features(images, return_attention=True)
+        return self.forward_head(tokens), attentions
 
     def resample(self, img_size: int) -> VisionTransformer:
-        "A copy built for `img_size` images: positional tables resampled or regenerated once, all other weights shared by value."
+        "A copy built for `img_size` images: positional tables resampled or regenerated once, all other weights copied."
         p = next(self.parameters())
-        new = VisionTransformer(**{**self.config, "img_size": img_size}).to(device=p.device, dtype=p.dtype)
+        new = VisionTransformer.from_config(replace(self.config, img_size=img_size)).to(device=p.device, dtype=p.dtype)
         new.pos_embed = self.pos_embed.resample(new.patch_embed.grid_size)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("pos_embed.")}
         missing, unexpected = new.load_state_dict(state, strict=False)
@@ -154,7 +173,7 @@ def _check_layer_norms(norms: dict[str, nn.Module]) -> list[str]:
             for name, m in norms.items()
             if not (isinstance(m, nn.LayerNorm) and m.eps == 1e-6 and m.elementwise_affine and m.bias is not None)]
 
-
+# %% ../../nbs/04_vision_transformer.ipynb #16bfd884
 def from_torchvision(model: nn.Module) -> VisionTransformer:
     "A `VisionTransformer` with the configuration and weights of a `torchvision.models.VisionTransformer`."
     from torchvision.models import VisionTransformer as TorchvisionViT
@@ -193,7 +212,7 @@ def from_torchvision(model: nn.Module) -> VisionTransformer:
                 state[f"blocks.{i}.{ours}{s}"] = src[f"encoder.layers.encoder_layer_{i}.{theirs}{s}"]
     return _state_dict_to(vit, state, model)
 
-
+# %% ../../nbs/04_vision_transformer.ipynb #6a2d3bba
 def from_timm(model: nn.Module) -> VisionTransformer:
     "A `VisionTransformer` with the configuration and weights of a timm `VisionTransformer` (class token or `global_pool='avg'`)."
     try:
