@@ -29,9 +29,14 @@ export: venv
 exercises: venv
 	$(BIN)/python tools/exercises.py
 
-# Notebooks are the source: exporting, cleaning and writing exercises/ from them must not change any file.
+# Notebooks are the source: exporting, cleaning and writing exercises/ from them must not change any file,
+# and ruff's formatting (pyproject.toml [tool.ruff]) must already hold for every notebook, test and tool.
 sync-check: venv
-	@echo "== sync gate: nbdev-export, nbdev-clean and tools/exercises.py must change nothing"
+	@echo "== sync gate: ruff format --check, then nbdev-export, nbdev-clean and tools/exercises.py must change nothing"
+	@$(BIN)/ruff format --check . || { \
+	  echo "sync gate FAILED: the files above are not formatted as ruff formats them."; \
+	  echo "Fix: run '$(BIN)/ruff format .', review 'git diff', commit."; \
+	  exit 1; }
 	@before="$$(git status --porcelain=v1 --untracked-files=all; git diff)"; \
 	$(BIN)/nbdev-export; $(BIN)/nbdev-clean; $(BIN)/python tools/exercises.py; \
 	after="$$(git status --porcelain=v1 --untracked-files=all; git diff)"; \

@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-with warnings.catch_warnings():  # fvcore's import touches torch.jit.script, which warns that it is deprecated
+# fvcore's import touches torch.jit.script, which warns that it is deprecated
+with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis, flop_count_table
     from fvcore.nn.jit_handles import get_shape
@@ -23,11 +24,17 @@ __all__ = ['sdpa_flop_jit', 'sdpa_activation_jit', 'ModelSummary', 'model_summar
 
 # %% ../nbs/05_model_analysis.ipynb #30ca0eda
 _SDPA = "aten::scaled_dot_product_attention"
-_NORMS = ("aten::layer_norm", "aten::batch_norm", "aten::group_norm", "aten::instance_norm")
+_NORMS = (
+    "aten::layer_norm",
+    "aten::batch_norm",
+    "aten::group_norm",
+    "aten::instance_norm",
+)
 
 
 def sdpa_flop_jit(inputs: list, outputs: list) -> int:
-    "fvcore handle for fused attention: multiply-adds of QKᵀ and AV, i.e. B·H·Tq·Tk·(d + dv)."
+    """fvcore handle for fused attention: multiply-adds of QKᵀ and AV, i.e.
+    B·H·Tq·Tk·(d + dv)."""
     q, k, v = (get_shape(inputs[i]) for i in range(3))
     return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
@@ -39,45 +46,68 @@ def sdpa_activation_jit(inputs: list, outputs: list) -> int:
 
 class ModelSummary(NamedTuple):
     "What `model_summary` measures; unpacks as `params, mult_adds, activations, table`."
-    params: int          # parameters
-    mult_adds: int       # multiply-adds of one forward pass (fused attention included)
-    activations: int     # fvcore's proxy: elements output by convolutions, linear layers and matrix products
-    table: str           # per-module breakdown, with the operators that were not counted
+
+    params: int  # parameters
+    mult_adds: int  # multiply-adds of one forward pass (fused attention included)
+    # fvcore's proxy: elements output by convolutions, linear layers and matrix products
+    activations: int
+    table: str  # per-module breakdown, with the operators that were not counted
 
 
-def model_summary(model: nn.Module, sample_input: Tensor | tuple[Tensor, ...], max_depth: int = 2) -> ModelSummary:
-    """Parameters, multiply-adds, activations and a table for one forward pass of `model` on `sample_input`.
+def model_summary(
+    model: nn.Module, sample_input: Tensor | tuple[Tensor, ...], max_depth: int = 2
+) -> ModelSummary:
+    """Parameters, multiply-adds, activations and a table for one forward pass of
+    `model` on `sample_input`.
 
-    Multiply-adds count matrix products and convolutions, fused attention included; operators that are
-    not multiply-adds (normalisation, softmax, activations, additions) or that fvcore cannot handle are
-    listed as not counted under the table."""
-    inputs = tuple(sample_input) if isinstance(sample_input, (tuple, list)) else (sample_input,)
+    Multiply-adds count matrix products and convolutions, fused attention included;
+    operators that are not multiply-adds (normalisation, softmax, activations,
+    additions) or that fvcore cannot handle are listed as not counted under the
+    table."""
+    inputs = (
+        tuple(sample_input)
+        if isinstance(sample_input, (tuple, list))
+        else (sample_input,)
+    )
     not_counted: Counter[str] = Counter()
 
     def skip(name: str):
         def handle(inputs: list, outputs: list) -> Counter:
             not_counted[name] += 1
             return Counter()
+
         return handle
 
     was_training = model.training
     model.eval()  # count the inference graph: no dropout or stochastic depth
     try:
-        with warnings.catch_warnings():  # the tracer warns about Python control flow it cannot record
+        # the tracer warns about Python control flow it cannot record
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             flops = FlopCountAnalysis(model, inputs).set_op_handle(_SDPA, sdpa_flop_jit)
             flops.set_op_handle(**{name: skip(name) for name in _NORMS})
-            activations = ActivationCountAnalysis(model, inputs).set_op_handle(_SDPA, sdpa_activation_jit)
+            activations = ActivationCountAnalysis(model, inputs).set_op_handle(
+                _SDPA, sdpa_activation_jit
+            )
             for analysis in (flops, activations):
-                analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+                analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(
+                    False
+                )
             num_flops, num_activations = flops.total(), activations.total()
-            table = flop_count_table(flops, max_depth=max_depth, activations=activations)
+            table = flop_count_table(
+                flops, max_depth=max_depth, activations=activations
+            )
             not_counted.update(flops.unsupported_ops())
     finally:
         model.train(was_training)
     num_params = sum(p.numel() for p in model.parameters())
-    table = table.replace("#flops", "#MACs ", 1)  # same width, so the columns stay aligned
-    skipped = ", ".join(f"{name} x{n}" for name, n in sorted(not_counted.items())) or "none"
-    table += (f"\n#MACs: multiply-adds of matrix products and convolutions, fused attention included; "
-              f"total {num_flops:,}\nnot counted: {skipped}")
+    # same width, so the columns stay aligned
+    table = table.replace("#flops", "#MACs ", 1)
+    skipped = (
+        ", ".join(f"{name} x{n}" for name, n in sorted(not_counted.items())) or "none"
+    )
+    table += (
+        "\n#MACs: multiply-adds of matrix products and convolutions, "
+        f"fused attention included;\ntotal {num_flops:,}\nnot counted: {skipped}"
+    )
     return ModelSummary(num_params, num_flops, num_activations, table)

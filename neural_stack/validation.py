@@ -10,7 +10,8 @@ from collections.abc import Collection
 
 
 class ArgumentError(ValueError):
-    "A constructor or configuration argument that is not allowed; `field`, `value` and `allowed` say why."
+    """A constructor or configuration argument that is not allowed; `field`, `value` and
+    `allowed` say why."""
 
     def __init__(self, field: str, value: object, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
@@ -20,23 +21,50 @@ class ArgumentError(ValueError):
 def check_int(field: str, value: object, minimum: int = 1) -> int:
     "`value` if it is an `int` (not a `bool`) of at least `minimum`."
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ArgumentError(field, value, "a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+        raise ArgumentError(
+            field,
+            value,
+            "a positive integer" if minimum == 1 else f"an integer >= {minimum}",
+        )
     return value
 
 
-def check_number(field: str, value: object, *, above: float | None = None, at_least: float | None = None,
-                 below: float | None = None) -> float:
-    "`value` as a float if it is a finite real number (not a `bool`) within the bounds given."
-    bounds = [f"{op} {b}" for op, b in ((">", above), (">=", at_least), ("<", below)) if b is not None]
-    real = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not (real and (above is None or value > above) and (at_least is None or value >= at_least)
-            and (below is None or value < below)):
-        raise ArgumentError(field, value, "a finite number " + " and ".join(bounds) if bounds else "a finite number")
+def check_number(
+    field: str,
+    value: object,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+) -> float:
+    "`value` as a float if it is a finite real number (not a `bool`) within the bounds."
+    bounds = [
+        f"{op} {b}"
+        for op, b in ((">", above), (">=", at_least), ("<", below))
+        if b is not None
+    ]
+    real = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+    )
+    if not (
+        real
+        and (above is None or value > above)
+        and (at_least is None or value >= at_least)
+        and (below is None or value < below)
+    ):
+        raise ArgumentError(
+            field,
+            value,
+            "a finite number " + " and ".join(bounds) if bounds else "a finite number",
+        )
     return float(value)
 
 
 def check_probability(field: str, value: object) -> float:
-    "`value` as a float if it is a probability in [0, 1), such as a dropout or drop-path rate."
+    """`value` as a float if it is a probability in [0, 1), such as a dropout or
+    drop-path rate."""
     try:
         return check_number(field, value, at_least=0.0, below=1.0)
     except ArgumentError:
@@ -53,12 +81,15 @@ def check_bool(field: str, value: object) -> bool:
 def check_choice(field: str, value: object, choices: Collection[str]) -> str:
     "`value` if it is one of `choices`."
     if not isinstance(value, str) or value not in choices:
-        raise ArgumentError(field, value, "one of " + ", ".join(repr(c) for c in choices))
+        raise ArgumentError(
+            field, value, "one of " + ", ".join(repr(c) for c in choices)
+        )
     return value
 
 
 def check_multiple(field: str, value: int, of_field: str, of_value: int) -> int:
-    "`value` if it is a multiple of `of_value` (both already checked to be positive integers)."
+    """`value` if it is a multiple of `of_value` (both already checked to be positive
+    integers)."""
     if value % of_value:
         raise ArgumentError(field, value, f"a multiple of {of_field}={of_value}")
     return value

@@ -1,4 +1,6 @@
-"""model_summary: parameters, multiply-adds (fused attention included), activations, and what it reports as not counted."""
+"""model_summary: parameters, multiply-adds (fused attention included), activations, and
+what it reports as not counted."""
+
 from dataclasses import asdict
 
 import pytest
@@ -9,29 +11,68 @@ from neural_stack.models.vision_transformer import VisionTransformer
 from neural_stack.utils import ModelSummary, model_summary
 
 
-def vit_macs(img_size, patch_size, in_channels, num_classes, embed_dim, num_layers, mlp_ratio, use_cls_token, **_):
+def vit_macs(
+    img_size,
+    patch_size,
+    in_channels,
+    num_classes,
+    embed_dim,
+    num_layers,
+    mlp_ratio,
+    use_cls_token,
+    **_,
+):
     D, n, hidden = embed_dim, (img_size // patch_size) ** 2, int(embed_dim * mlp_ratio)
     N = n + int(use_cls_token)
-    return n * in_channels * patch_size ** 2 * D + num_layers * (4 * N * D * D + 2 * N * D * hidden + 2 * N * N * D) + D * num_classes
+    return (
+        n * in_channels * patch_size**2 * D
+        + num_layers * (4 * N * D * D + 2 * N * D * hidden + 2 * N * N * D)
+        + D * num_classes
+    )
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(patch_size=2, use_cls_token=False), dict(patch_size=8, mlp_ratio=2.0, num_classes=7),
-                                    dict(positional_embedding="sincos-2d", num_heads=4, embed_dim=32)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(patch_size=2, use_cls_token=False),
+        dict(patch_size=8, mlp_ratio=2.0, num_classes=7),
+        dict(positional_embedding="sincos-2d", num_heads=4, embed_dim=32),
+    ],
+)
 def test_counts_match_closed_forms(kwargs):
-    vit = VisionTransformer(**{**dict(img_size=16, patch_size=4, embed_dim=24, num_heads=2, num_layers=2), **kwargs})
+    vit = VisionTransformer(
+        **{
+            **dict(img_size=16, patch_size=4, embed_dim=24, num_heads=2, num_layers=2),
+            **kwargs,
+        }
+    )
     summary = model_summary(vit, torch.randn(1, 3, 16, 16))
-    assert isinstance(summary, ModelSummary) and summary._fields == ("params", "mult_adds", "activations", "table")
-    params, macs, acts, table = summary                         # unpacks as four values
-    assert (params, macs, acts, table) == (summary.params, summary.mult_adds, summary.activations, summary.table)
+    assert isinstance(summary, ModelSummary) and summary._fields == (
+        "params",
+        "mult_adds",
+        "activations",
+        "table",
+    )
+    params, macs, acts, table = summary  # unpacks as four values
+    assert (params, macs, acts, table) == (
+        summary.params,
+        summary.mult_adds,
+        summary.activations,
+        summary.table,
+    )
     assert params == sum(p.numel() for p in vit.parameters())
-    assert macs == vit_macs(**asdict(vit.config))               # exact, hence within 1%
+    assert macs == vit_macs(**asdict(vit.config))  # exact, hence within 1%
     assert abs(macs - vit_macs(**asdict(vit.config))) <= 0.01 * macs
     assert acts > 0 and "#MACs" in table
 
 
 def test_fused_attention_is_counted():
-    """The fused path is counted like the explicit one: fvcore alone would skip scaled_dot_product_attention."""
-    vit = VisionTransformer(img_size=16, patch_size=2, embed_dim=16, num_heads=2, num_layers=3)
+    """The fused path is counted like the explicit one: fvcore alone would skip
+    scaled_dot_product_attention."""
+    vit = VisionTransformer(
+        img_size=16, patch_size=2, embed_dim=16, num_heads=2, num_layers=3
+    )
 
     class Explicit(nn.Module):
         def __init__(self, m):
@@ -44,9 +85,10 @@ def test_fused_attention_is_counted():
     x = torch.randn(1, 3, 16, 16)
     _, fused, _, _ = model_summary(vit, x)
     _, explicit, _, _ = model_summary(Explicit(vit), x)
-    attention = 3 * 2 * 65 * 65 * 16                            # layers * (QK^T + AV) * N^2 * D
+    attention = 3 * 2 * 65 * 65 * 16  # layers * (QK^T + AV) * N^2 * D
     assert fused == explicit
     from fvcore.nn import FlopCountAnalysis
+
     plain = FlopCountAnalysis(vit.eval(), (x,))
     plain.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     assert plain.by_operator().get("scaled_dot_product_attention", 0) == 0
@@ -54,7 +96,9 @@ def test_fused_attention_is_counted():
 
 
 def test_batch_scales_and_tuple_inputs_and_mode_restored():
-    vit = VisionTransformer(img_size=8, patch_size=4, embed_dim=8, num_heads=2, num_layers=1).train()
+    vit = VisionTransformer(
+        img_size=8, patch_size=4, embed_dim=8, num_heads=2, num_layers=1
+    ).train()
     _, one, _, _ = model_summary(vit, torch.randn(1, 3, 8, 8))
     _, three, _, _ = model_summary(vit, (torch.randn(3, 3, 8, 8),))
     assert three == 3 * one and vit.training
@@ -80,6 +124,13 @@ def test_reports_what_it_does_not_count():
 
 def test_vit_b16_parameter_count_on_meta_device():
     with torch.device("meta"):
-        vit = VisionTransformer(img_size=224, patch_size=16, num_classes=1000, embed_dim=768, num_heads=12, num_layers=12)
+        vit = VisionTransformer(
+            img_size=224,
+            patch_size=16,
+            num_classes=1000,
+            embed_dim=768,
+            num_heads=12,
+            num_layers=12,
+        )
     assert sum(p.numel() for p in vit.parameters()) == 86_567_656
     assert vit_macs(**asdict(vit.config)) == 17_563_828_224

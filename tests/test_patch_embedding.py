@@ -1,4 +1,6 @@
-"""PatchEmbedding: shapes, equivalence with unfold + linear and with timm, argument validation."""
+"""PatchEmbedding: shapes, equivalence with unfold + linear and with timm, argument
+validation."""
+
 import warnings
 
 import pytest
@@ -10,18 +12,27 @@ from neural_stack.validation import ArgumentError
 
 
 def unfold_linear(embed: PatchEmbedding, images: torch.Tensor) -> torch.Tensor:
-    patches = F.unfold(images, kernel_size=embed.patch_size, stride=embed.patch_size).transpose(1, 2)
+    patches = F.unfold(
+        images, kernel_size=embed.patch_size, stride=embed.patch_size
+    ).transpose(1, 2)
     return F.linear(patches, embed.proj.weight.flatten(1), embed.proj.bias)
 
 
-@pytest.mark.parametrize("img_size,patch_size,channels,dim", [(32, 4, 3, 48), (28, 7, 1, 16), (16, 16, 5, 8), (12, 1, 2, 4)])
+@pytest.mark.parametrize(
+    "img_size,patch_size,channels,dim",
+    [(32, 4, 3, 48), (28, 7, 1, 16), (16, 16, 5, 8), (12, 1, 2, 4)],
+)
 def test_shapes_and_conv_equals_unfold_linear(img_size, patch_size, channels, dim):
     torch.manual_seed(0)
     embed = PatchEmbedding(img_size, patch_size, channels, dim)
     x = torch.randn(2, channels, img_size, img_size)
     tokens = embed(x)
     n = (img_size // patch_size) ** 2
-    assert tokens.shape == (2, n, dim) and embed.num_patches == n and embed.grid_size == img_size // patch_size
+    assert (
+        tokens.shape == (2, n, dim)
+        and embed.num_patches == n
+        and embed.grid_size == img_size // patch_size
+    )
     torch.testing.assert_close(tokens, unfold_linear(embed, x), atol=1e-5, rtol=1e-5)
 
 
@@ -51,23 +62,44 @@ def test_init_is_lecun_normal():
     torch.manual_seed(0)
     embed = PatchEmbedding(64, 16, 3, 256)
     std = embed.proj.weight.std().item()
-    expected = (1 / (3 * 16 * 16)) ** 0.5  # truncated at +-2 (absolute), as torchvision: far beyond 2 std
+    expected = (
+        1 / (3 * 16 * 16)
+    ) ** 0.5  # truncated at +-2 (absolute), as torchvision: far beyond 2 std
     assert abs(std - expected) / expected < 0.05
     assert torch.count_nonzero(embed.proj.bias) == 0
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(img_size=30, patch_size=4), r"img_size=30; expected a multiple of patch_size=4"),
-    (dict(img_size=0, patch_size=4), r"img_size=0; expected a positive integer"),
-    (dict(img_size=32, patch_size=-4), r"patch_size=-4; expected a positive integer"),
-    (dict(img_size=32, patch_size=4, in_channels=3.0), r"in_channels=3.0; expected a positive integer"),
-    (dict(img_size=32, patch_size=4, embed_dim=True), r"embed_dim=True; expected a positive integer"),
-    (dict(img_size="32", patch_size=4), r"img_size='32'; expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (
+            dict(img_size=30, patch_size=4),
+            r"img_size=30; expected a multiple of patch_size=4",
+        ),
+        (dict(img_size=0, patch_size=4), r"img_size=0; expected a positive integer"),
+        (
+            dict(img_size=32, patch_size=-4),
+            r"patch_size=-4; expected a positive integer",
+        ),
+        (
+            dict(img_size=32, patch_size=4, in_channels=3.0),
+            r"in_channels=3.0; expected a positive integer",
+        ),
+        (
+            dict(img_size=32, patch_size=4, embed_dim=True),
+            r"embed_dim=True; expected a positive integer",
+        ),
+        (
+            dict(img_size="32", patch_size=4),
+            r"img_size='32'; expected a positive integer",
+        ),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ArgumentError, match=match):
         PatchEmbedding(**kwargs)
-    with pytest.raises(ArgumentError, match=match):   # the same rule, asked without building anything
+    # the same rule, asked without building anything
+    with pytest.raises(ArgumentError, match=match):
         PatchEmbedding.check_arguments(**{"in_channels": 3, "embed_dim": 768, **kwargs})
 
 

@@ -1,8 +1,9 @@
-"""The `{nbval-report}` directive: each chapter's execution time and status from the last nbval run.
+"""The `{nbval-report}` directive: each chapter's execution time and status from the
+last nbval run.
 
-The book does not execute notebooks; `make nbval` does, strictly, and writes pytest's JUnit XML.
-This directive turns that report into a table, so the book states how long each chapter took and
-whether every cell still produced exactly the outputs it shows.
+The book does not execute notebooks; `make nbval` does, strictly, and writes pytest's
+JUnit XML. This directive turns that report into a table, so the book states how long
+each chapter took and whether every cell still produced exactly the outputs it shows.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from nsbook import extension_metadata
 
 
 def read_nbval_report(path: Path) -> list[dict[str, Any]]:
-    "Per notebook: docname, cells, seconds, passed/failed/skipped cells, from pytest's JUnit XML."
-    rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"cells": 0, "seconds": 0.0, "passed": 0,
-                                                           "failed": 0, "skipped": 0})
+    """Per notebook: docname, cells, seconds, passed/failed/skipped cells, from pytest's
+    JUnit XML."""
+    rows: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"cells": 0, "seconds": 0.0, "passed": 0, "failed": 0, "skipped": 0}
+    )
     for case in ET.parse(path).getroot().iter("testcase"):
-        # nbval items are "<path>::Cell N"; JUnit's classname is that path with '/' written as '.'.
+        # nbval items are "<path>::Cell N"; JUnit's classname is that path with '/'
+        # written as '.'.
         classname = case.get("classname", "")
         if not classname.endswith(".ipynb"):
             continue
@@ -44,7 +48,8 @@ def read_nbval_report(path: Path) -> list[dict[str, Any]]:
 
 
 class NbvalReport(SphinxDirective):
-    "A table of each chapter's execution time and status from the last `make nbval` run."
+    """A table of each chapter's execution time and status from the last `make nbval`
+    run."""
 
     option_spec = {"path": directives.unchanged}
 
@@ -53,8 +58,12 @@ class NbvalReport(SphinxDirective):
         path = Path(self.env.srcdir) / rel
         self.env.note_dependency(str(path))  # a new nbval run rebuilds this page
         if not path.exists():
-            return [nodes.paragraph(text=f"No execution record yet: {rel} is written by `make nbval` "
-                                         "(part of `make test`). Run it, then `make book`.")]
+            return [
+                nodes.paragraph(
+                    text=f"No execution record yet: {rel} is written by `make nbval` "
+                    "(part of `make test`). Run it, then `make book`."
+                )
+            ]
         rows = read_nbval_report(path)
         table = nodes.table(classes=["nbval-report"])
         group = nodes.tgroup(cols=4)
@@ -78,19 +87,43 @@ class NbvalReport(SphinxDirective):
             name: nodes.Node | str = r["docname"]
             if r["docname"] in self.env.found_docs:  # link with the chapter's own title
                 para = nodes.paragraph()
-                para += addnodes.pending_xref("", nodes.inline(text=r["docname"]), refdomain="std",
-                                              reftype="doc", reftarget="/" + r["docname"],
-                                              refdoc=self.env.docname, refexplicit=False, refwarn=True)
+                para += addnodes.pending_xref(
+                    "",
+                    nodes.inline(text=r["docname"]),
+                    refdomain="std",
+                    reftype="doc",
+                    reftarget="/" + r["docname"],
+                    refdoc=self.env.docname,
+                    refexplicit=False,
+                    refwarn=True,
+                )
                 name = para
             status = "passed" if not r["failed"] else "FAILED"
-            add_row(body, [name, str(r["cells"]), f"{r['seconds']:.1f}",
-                           f"{status} ({r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped)"])
+            add_row(
+                body,
+                [
+                    name,
+                    str(r["cells"]),
+                    f"{r['seconds']:.1f}",
+                    f"{status} ({r['passed']} passed, {r['failed']} failed, "
+                    f"{r['skipped']} skipped)",
+                ],
+            )
         total = sum(r["seconds"] for r in rows)
         stamp = ET.parse(path).getroot().find("testsuite")
         when = stamp.get("timestamp") if stamp is not None else None
-        when = datetime.fromisoformat(when).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M") if when else "?"
-        note = nodes.paragraph(text=f"Total {total:.1f} s over {len(rows)} notebook{'s' if len(rows) != 1 else ''}; nbval run of {when} UTC, "
-                                    f"read from {rel}.")
+        when = (
+            datetime.fromisoformat(when)
+            .astimezone(timezone.utc)
+            .strftime("%Y-%m-%d %H:%M")
+            if when
+            else "?"
+        )
+        note = nodes.paragraph(
+            text=f"Total {total:.1f} s over {len(rows)} notebook"
+            f"{'s' if len(rows) != 1 else ''}; nbval run of {when} UTC, "
+            f"read from {rel}."
+        )
         return [table, note]
 
 

@@ -11,14 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..validation import check_bool, check_int, check_multiple, check_probability
+from neural_stack.validation import (
+    check_bool,
+    check_int,
+    check_multiple,
+    check_probability,
+)
 
 # %% auto #0
 __all__ = ['masked_softmax', 'ScaledDotProductAttention', 'MultiHeadAttention', 'to_torch_mha', 'from_torch_mha']
 
 # %% ../../nbs/01_attention.ipynb #1f6243e7
 def masked_softmax(scores: Tensor) -> Tensor:
-    "Softmax over the last dim in at least float32; rows that are entirely `-inf` give zeros instead of `NaN`."
+    """Softmax over the last dim in at least float32; rows that are entirely `-inf` give
+    zeros instead of `NaN`."""
     empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
     dtype = torch.promote_types(scores.dtype, torch.float32)
     weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1, dtype=dtype)
@@ -26,57 +32,90 @@ def masked_softmax(scores: Tensor) -> Tensor:
 
 # %% ../../nbs/01_attention.ipynb #3091989b
 def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
-    "Raise a `ValueError` unless `mask` is bool or floating and broadcasts to `scores_shape`."
+    """Raise a `ValueError` unless `mask` is bool or floating and broadcasts to
+    `scores_shape`."""
     if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise ValueError(f"mask has dtype {mask.dtype}; expected torch.bool (True = attend) "
-                         "or a floating dtype (added to the scores)")
+        raise ValueError(
+            f"mask has dtype {mask.dtype}; expected torch.bool (True = attend) "
+            "or a floating dtype (added to the scores)"
+        )
     try:
         ok = torch.broadcast_shapes(mask.shape, scores_shape) == scores_shape
     except RuntimeError:
         ok = False
     if not ok:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the attention "
-                         f"scores' shape {tuple(scores_shape)} ([..., Tq, Tk])")
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the attention "
+            f"scores' shape {tuple(scores_shape)} ([..., Tq, Tk])"
+        )
 
 # %% ../../nbs/01_attention.ipynb #081c8af4
 class ScaledDotProductAttention(nn.Module):
-    "softmax(q kᵀ / √d + mask) v over the last two dims, returning the output and the attention weights."
+    """softmax(q kᵀ / √d + mask) v over the last two dims, returning the output and the
+    attention weights."""
 
     def __init__(self, dropout: float = 0.0):
         super().__init__()
         self.dropout = nn.Dropout(check_probability("dropout", dropout))
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        "q [..., Tq, d], k [..., Tk, d], v [..., Tk, dv]; `attn_mask` broadcastable to [..., Tq, Tk]."
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """q [..., Tq, d], k [..., Tk, d], v [..., Tk, dv]; `attn_mask` broadcastable to
+        [..., Tq, Tk]."""
         if q.shape[-1] != k.shape[-1]:
-            raise ValueError(f"query dim {q.shape[-1]} != key dim {k.shape[-1]} (q {tuple(q.shape)}, k {tuple(k.shape)})")
+            raise ValueError(
+                f"query dim {q.shape[-1]} != key dim {k.shape[-1]} "
+                f"(q {tuple(q.shape)}, k {tuple(k.shape)})"
+            )
         if k.shape[-2] != v.shape[-2]:
-            raise ValueError(f"keys and values differ in length: k {tuple(k.shape)}, v {tuple(v.shape)}")
+            raise ValueError(
+                "keys and values differ in length: "
+                f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+            )
         scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
         if attn_mask is not None:
             _check_mask(attn_mask, scores.shape)
-            scores = (scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
-                      else scores + attn_mask.to(scores.dtype))
+            scores = (
+                scores.masked_fill(~attn_mask, float("-inf"))
+                if attn_mask.dtype == torch.bool
+                else scores + attn_mask.to(scores.dtype)
+            )
         weights = masked_softmax(scores)
-        # Dropout acts on what multiplies the values; the weights we return are the clean softmax.
+        # Dropout acts on what multiplies the values; the weights we return are the
+        # clean softmax.
         return self.dropout(weights) @ v, weights
 
 # %% ../../nbs/01_attention.ipynb #9f335bb6
 class MultiHeadAttention(nn.Module):
-    "Multi-head attention over batch-first inputs: `mha(query, key, value, attn_mask)` -> (output, weights)."
+    """Multi-head attention over batch-first inputs:
+    `mha(query, key, value, attn_mask)` -> (output, weights)."""
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True
+    ):
         super().__init__()
         self.check_arguments(embed_dim, num_heads, dropout, bias)
-        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.embed_dim, self.num_heads, self.head_dim = (
+            embed_dim,
+            num_heads,
+            embed_dim // num_heads,
+        )
         self.attention = ScaledDotProductAttention(dropout)
         self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     @staticmethod
-    def check_arguments(embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def check_arguments(
+        embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True
+    ) -> None:
         "Raise an `ArgumentError` unless these arguments build a `MultiHeadAttention`."
-        check_multiple("embed_dim", check_int("embed_dim", embed_dim), "num_heads", check_int("num_heads", num_heads))
+        check_multiple(
+            "embed_dim",
+            check_int("embed_dim", embed_dim),
+            "num_heads",
+            check_int("num_heads", num_heads),
+        )
         check_probability("dropout", dropout)
         check_bool("bias", bias)
 
@@ -87,60 +126,122 @@ class MultiHeadAttention(nn.Module):
     def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         for name, t in (("query", query), ("key", key), ("value", value)):
             if t.dim() != 3 or t.shape[-1] != self.embed_dim:
-                raise ValueError(f"{name} has shape {tuple(t.shape)}; expected [batch, length, {self.embed_dim}]")
+                raise ValueError(
+                    f"{name} has shape {tuple(t.shape)}; "
+                    f"expected [batch, length, {self.embed_dim}]"
+                )
         if not query.shape[0] == key.shape[0] == value.shape[0]:
-            raise ValueError(f"batch sizes differ: query {query.shape[0]}, key {key.shape[0]}, value {value.shape[0]}")
+            raise ValueError(
+                f"batch sizes differ: query {query.shape[0]}, "
+                f"key {key.shape[0]}, value {value.shape[0]}"
+            )
         if key.shape[1] != value.shape[1]:
-            raise ValueError(f"key length {key.shape[1]} != value length {value.shape[1]}")
+            raise ValueError(
+                f"key length {key.shape[1]} != value length {value.shape[1]}"
+            )
 
-    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _project(
+        self, query: Tensor, key: Tensor, value: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         "Project to queries, keys and values of shape [B, H, T, head_dim]."
         B, H, dh = query.shape[0], self.num_heads, self.head_dim
         if query is key and key is value:  # self-attention: one fused matrix product
-            return self.qkv_proj(query).view(B, -1, 3, H, dh).permute(2, 0, 3, 1, 4).unbind(0)
+            return (
+                self.qkv_proj(query)
+                .view(B, -1, 3, H, dh)
+                .permute(2, 0, 3, 1, 4)
+                .unbind(0)
+            )
         weights = self.qkv_proj.weight.chunk(3)
-        biases = self.qkv_proj.bias.chunk(3) if self.qkv_proj.bias is not None else (None,) * 3
-        return tuple(F.linear(x, w, b).view(B, -1, H, dh).transpose(1, 2)
-                     for x, w, b in zip((query, key, value), weights, biases))
+        biases = (
+            self.qkv_proj.bias.chunk(3)
+            if self.qkv_proj.bias is not None
+            else (None,) * 3
+        )
+        return tuple(
+            F.linear(x, w, b).view(B, -1, H, dh).transpose(1, 2)
+            for x, w, b in zip((query, key, value), weights, biases)
+        )
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
-                need_weights: bool = True) -> tuple[Tensor, Tensor | None]:
-        "query [B, Tq, D], key/value [B, Tk, D]; `attn_mask` broadcastable to [B, H, Tq, Tk]."
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        need_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """query [B, Tq, D], key/value [B, Tk, D]; `attn_mask` broadcastable to
+        [B, H, Tq, Tk]."""
         self._check_inputs(query, key, value)
         q, k, v = self._project(query, key, value)
         if need_weights:
             out, weights = self.attention(q, k, v, attn_mask=attn_mask)
         else:
             if attn_mask is not None:
-                _check_mask(attn_mask, torch.Size((q.shape[0], self.num_heads, q.shape[2], k.shape[2])))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                                 dropout_p=self.dropout if self.training else 0.0)
+                _check_mask(
+                    attn_mask,
+                    torch.Size((q.shape[0], self.num_heads, q.shape[2], k.shape[2])),
+                )
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
             weights = None
-        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.embed_dim)
+        out = out.transpose(1, 2).reshape(
+            query.shape[0], query.shape[1], self.embed_dim
+        )
         return self.out_proj(out), weights
 
 # %% ../../nbs/01_attention.ipynb #13855d8f
 def to_torch_mha(mha: MultiHeadAttention) -> nn.MultiheadAttention:
-    "A batch-first `torch.nn.MultiheadAttention` holding `mha`'s weights, on its device and dtype, in its mode."
+    """A batch-first `torch.nn.MultiheadAttention` holding `mha`'s weights, on its
+    device and dtype, in its mode."""
     p = mha.qkv_proj.weight
-    ref = nn.MultiheadAttention(mha.embed_dim, mha.num_heads, dropout=mha.dropout, batch_first=True,
-                                bias=mha.qkv_proj.bias is not None, device=p.device, dtype=p.dtype)
+    ref = nn.MultiheadAttention(
+        mha.embed_dim,
+        mha.num_heads,
+        dropout=mha.dropout,
+        batch_first=True,
+        bias=mha.qkv_proj.bias is not None,
+        device=p.device,
+        dtype=p.dtype,
+    )
     ref.load_state_dict(_torch_mha_state(mha.state_dict(), to_torch=True))
     return ref.train(mha.training)
 
 
 def from_torch_mha(module: nn.MultiheadAttention) -> MultiHeadAttention:
-    "A `MultiHeadAttention` holding the weights of a `torch.nn.MultiheadAttention` (fed batch first from then on)."
-    if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
-        raise ValueError("from_torch_mha needs kdim == vdim == embed_dim, add_bias_kv=False and add_zero_attn=False")
+    """A `MultiHeadAttention` holding the weights of a `torch.nn.MultiheadAttention`
+    (fed batch first from then on)."""
+    if (
+        not module._qkv_same_embed_dim
+        or module.bias_k is not None
+        or module.add_zero_attn
+    ):
+        raise ValueError(
+            "from_torch_mha needs kdim == vdim == embed_dim, add_bias_kv=False "
+            "and add_zero_attn=False"
+        )
     p = module.in_proj_weight
-    mha = MultiHeadAttention(module.embed_dim, module.num_heads, dropout=module.dropout,
-                             bias=module.in_proj_bias is not None).to(device=p.device, dtype=p.dtype)
+    mha = MultiHeadAttention(
+        module.embed_dim,
+        module.num_heads,
+        dropout=module.dropout,
+        bias=module.in_proj_bias is not None,
+    ).to(device=p.device, dtype=p.dtype)
     mha.load_state_dict(_torch_mha_state(module.state_dict(), to_torch=False))
     return mha.train(module.training)
 
 
 def _torch_mha_state(state: dict[str, Tensor], to_torch: bool) -> dict[str, Tensor]:
-    "Rename the stacked projection between our `qkv_proj` and PyTorch's `in_proj_`; the rest is shared."
+    """Rename the stacked projection between our `qkv_proj` and PyTorch's `in_proj_`;
+    the rest is shared."""
     ours, theirs = ("qkv_proj.", "in_proj_") if to_torch else ("in_proj_", "qkv_proj.")
-    return {(theirs + k.removeprefix(ours)) if k.startswith(ours) else k: v for k, v in state.items()}
+    return {
+        (theirs + k.removeprefix(ours)) if k.startswith(ours) else k: v
+        for k, v in state.items()
+    }

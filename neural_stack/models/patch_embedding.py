@@ -18,30 +18,59 @@ __all__ = ['PatchEmbedding']
 
 # %% ../../nbs/02_patch_embedding.ipynb #5a279efc
 class PatchEmbedding(nn.Module):
-    "Cut [B, C, H, W] images into non-overlapping `patch_size` squares and embed each one: tokens [B, N, D]."
+    """Cut [B, C, H, W] images into non-overlapping `patch_size` squares and embed each
+    one: tokens [B, N, D]."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768):
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_channels: int = 3,
+        embed_dim: int = 768,
+    ):
         super().__init__()
         self.check_arguments(img_size, patch_size, in_channels, embed_dim)
-        self.img_size, self.patch_size, self.in_channels, self.embed_dim = img_size, patch_size, in_channels, embed_dim
-        self.grid_size = img_size // patch_size                  # patches per side
-        self.num_patches = self.grid_size ** 2
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
-        nn.init.trunc_normal_(self.proj.weight, std=math.sqrt(1.0 / (in_channels * patch_size ** 2)))
+        self.img_size, self.patch_size, self.in_channels, self.embed_dim = (
+            img_size,
+            patch_size,
+            in_channels,
+            embed_dim,
+        )
+        self.grid_size = img_size // patch_size  # patches per side
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(
+            in_channels, embed_dim, kernel_size=patch_size, stride=patch_size
+        )
+        nn.init.trunc_normal_(
+            self.proj.weight, std=math.sqrt(1.0 / (in_channels * patch_size**2))
+        )
         nn.init.zeros_(self.proj.bias)
 
     @staticmethod
-    def check_arguments(img_size: int, patch_size: int, in_channels: int, embed_dim: int) -> None:
+    def check_arguments(
+        img_size: int, patch_size: int, in_channels: int, embed_dim: int
+    ) -> None:
         "Raise an `ArgumentError` unless these arguments build a `PatchEmbedding`."
-        for name, value in (("img_size", img_size), ("patch_size", patch_size),
-                            ("in_channels", in_channels), ("embed_dim", embed_dim)):
+        for name, value in (
+            ("img_size", img_size),
+            ("patch_size", patch_size),
+            ("in_channels", in_channels),
+            ("embed_dim", embed_dim),
+        ):
             check_int(name, value)
         check_multiple("img_size", img_size, "patch_size", patch_size)
 
     def forward(self, images: Tensor) -> Tensor:
-        "images [B, C, H, W] with H and W multiples of `patch_size` -> tokens [B, (H/P)(W/P), D], raster order."
+        """images [B, C, H, W] with H and W multiples of `patch_size` -> tokens
+        [B, (H/P)(W/P), D], raster order."""
         if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(f"images have shape {tuple(images.shape)}; expected [batch, {self.in_channels}, height, width]")
+            raise ValueError(
+                f"images have shape {tuple(images.shape)}; "
+                f"expected [batch, {self.in_channels}, height, width]"
+            )
         if images.shape[-2] % self.patch_size or images.shape[-1] % self.patch_size:
-            raise ValueError(f"image size {tuple(images.shape[-2:])} is not divisible by patch_size={self.patch_size}")
+            raise ValueError(
+                f"image size {tuple(images.shape[-2:])} is not divisible by "
+                f"patch_size={self.patch_size}"
+            )
         return self.proj(images).flatten(2).transpose(1, 2)

@@ -20,51 +20,83 @@ __all__ = ['to_grid', 'sincos_2d', 'resample_grid_table', 'PositionalEmbedding',
            'LearnedPositionalEmbedding1d', 'LearnedPositionalEmbedding2d', 'SinCosPositionalEmbedding2d']
 
 # %% ../../nbs/03_positional_embedding.ipynb #8b66a613
-def to_grid(grid_size: int | tuple[int, int], name: str = "grid_size") -> tuple[int, int]:
+def to_grid(
+    grid_size: int | tuple[int, int], name: str = "grid_size"
+) -> tuple[int, int]:
     "`g` or `(rows, cols)` -> `(rows, cols)`, both positive ints."
-    pair = (grid_size, grid_size) if isinstance(grid_size, int) and not isinstance(grid_size, bool) else grid_size
+    pair = (
+        (grid_size, grid_size)
+        if isinstance(grid_size, int) and not isinstance(grid_size, bool)
+        else grid_size
+    )
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ArgumentError(name, grid_size, "a positive integer or a pair (rows, cols)")
+        raise ArgumentError(
+            name, grid_size, "a positive integer or a pair (rows, cols)"
+        )
     return check_int(f"{name}[0]", pair[0]), check_int(f"{name}[1]", pair[1])
 
 
-def sincos_2d(grid_size: int | tuple[int, int], embed_dim: int, temperature: float = 10_000.0) -> Tensor:
-    "Fixed 2-D table [rows * cols, embed_dim], big_vision layout: [sin(col ω), cos(col ω), sin(row ω), cos(row ω)]."
+def sincos_2d(
+    grid_size: int | tuple[int, int], embed_dim: int, temperature: float = 10_000.0
+) -> Tensor:
+    """Fixed 2-D table [rows * cols, embed_dim], big_vision layout:
+    [sin(col ω), cos(col ω), sin(row ω), cos(row ω)]."""
     rows, cols = to_grid(grid_size)
     if check_int("embed_dim", embed_dim) % 4:
-        raise ArgumentError("embed_dim", embed_dim, "a multiple of 4 for 'sincos-2d' (four blocks of D/4 channels)")
-    i, j = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
+        raise ArgumentError(
+            "embed_dim",
+            embed_dim,
+            "a multiple of 4 for 'sincos-2d' (four blocks of D/4 channels)",
+        )
+    i, j = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64),
+        torch.arange(cols, dtype=torch.float64),
+        indexing="ij",
+    )
     num_freqs = embed_dim // 4
-    omega = 1.0 / temperature ** (torch.arange(num_freqs, dtype=torch.float64) / max(num_freqs - 1, 1))
+    omega = 1.0 / temperature ** (
+        torch.arange(num_freqs, dtype=torch.float64) / max(num_freqs - 1, 1)
+    )
     col, row = j.reshape(-1, 1) * omega, i.reshape(-1, 1) * omega
     return torch.cat([col.sin(), col.cos(), row.sin(), row.cos()], dim=1).float()
 
 
-def resample_grid_table(table: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
-    "Bicubic resampling (align_corners=False) of a per-patch table [..., rows * cols, C] to `new_grid`."
+def resample_grid_table(
+    table: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> Tensor:
+    """Bicubic resampling (align_corners=False) of a per-patch table
+    [..., rows * cols, C] to `new_grid`."""
     if tuple(old_grid) == tuple(new_grid):
         return table
     lead, C = table.shape[:-2], table.shape[-1]
     x = table.reshape(-1, old_grid[0], old_grid[1], C).permute(0, 3, 1, 2)
-    dtype = torch.promote_types(table.dtype, torch.float32)  # interpolate half precision in float32
-    x = F.interpolate(x.to(dtype), size=tuple(new_grid), mode="bicubic", align_corners=False).to(table.dtype)
+    # interpolate half precision in float32
+    dtype = torch.promote_types(table.dtype, torch.float32)
+    x = F.interpolate(
+        x.to(dtype), size=tuple(new_grid), mode="bicubic", align_corners=False
+    ).to(table.dtype)
     return x.permute(0, 2, 3, 1).reshape(*lead, new_grid[0] * new_grid[1], C)
 
 # %% ../../nbs/03_positional_embedding.ipynb #4975d1d9
 class PositionalEmbedding(nn.Module):
-    "Adds position information to tokens [B, N(+1), D]. Build one with `PositionalEmbedding.create(kind, ...)`."
+    """Adds position information to tokens [B, N(+1), D]. Build one with
+    `PositionalEmbedding.create(kind, ...)`."""
 
-    kinds: dict[str, type[PositionalEmbedding]] = {}   # the registry: kind name -> subclass
+    kinds: dict[str, type[PositionalEmbedding]] = {}  # the registry: kind -> subclass
     kind = ""
-    embed_dim_multiple, embed_dim_reason = 1, ""       # what a kind needs of embed_dim, and why
+    # what a kind needs of embed_dim, and why
+    embed_dim_multiple, embed_dim_reason = 1, ""
 
     def __init_subclass__(cls, kind: str, **kwargs):
-        "Register a subclass under its kind: `class Mine(PositionalEmbedding, kind='mine')`."
+        """Register a subclass under its kind:
+        `class Mine(PositionalEmbedding, kind='mine')`."""
         super().__init_subclass__(**kwargs)
         cls.kind = kind
         PositionalEmbedding.kinds[kind] = cls
 
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True):
+    def __init__(
+        self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True
+    ):
         super().__init__()
         self.check_arguments(self.kind, img_size, patch_size, embed_dim, use_cls_token)
         self.grid_size = (img_size // patch_size,) * 2
@@ -72,45 +104,77 @@ class PositionalEmbedding(nn.Module):
         self.num_prefix_tokens = int(use_cls_token)
 
     @staticmethod
-    def create(kind: str, img_size: int, patch_size: int, embed_dim: int,
-               use_cls_token: bool = True) -> PositionalEmbedding:
-        "Build the positional embedding registered as `kind` (one of `PositionalEmbedding.kinds`)."
-        PositionalEmbedding.check_arguments(kind, img_size, patch_size, embed_dim, use_cls_token)
-        return PositionalEmbedding.kinds[kind](img_size, patch_size, embed_dim, use_cls_token)
+    def create(
+        kind: str,
+        img_size: int,
+        patch_size: int,
+        embed_dim: int,
+        use_cls_token: bool = True,
+    ) -> PositionalEmbedding:
+        """Build the positional embedding registered as `kind` (one of
+        `PositionalEmbedding.kinds`)."""
+        PositionalEmbedding.check_arguments(
+            kind, img_size, patch_size, embed_dim, use_cls_token
+        )
+        return PositionalEmbedding.kinds[kind](
+            img_size, patch_size, embed_dim, use_cls_token
+        )
 
     @staticmethod
-    def check_arguments(kind: str, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool) -> None:
-        "Raise an `ArgumentError` unless these arguments build the positional embedding `kind`."
-        cls = PositionalEmbedding.kinds[check_choice("positional_embedding", kind, PositionalEmbedding.kinds)]
-        PatchEmbedding.check_arguments(img_size, patch_size, 1, embed_dim)   # the same grid rules
+    def check_arguments(
+        kind: str, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool
+    ) -> None:
+        """Raise an `ArgumentError` unless these arguments build the positional
+        embedding `kind`."""
+        cls = PositionalEmbedding.kinds[
+            check_choice("positional_embedding", kind, PositionalEmbedding.kinds)
+        ]
+        # the same grid rules
+        PatchEmbedding.check_arguments(img_size, patch_size, 1, embed_dim)
         check_bool("use_cls_token", use_cls_token)
         if embed_dim % cls.embed_dim_multiple:
-            raise ArgumentError("embed_dim", embed_dim, f"a multiple of {cls.embed_dim_multiple} for {kind!r} "
-                                                        f"({cls.embed_dim_reason})")
+            raise ArgumentError(
+                "embed_dim",
+                embed_dim,
+                f"a multiple of {cls.embed_dim_multiple} for {kind!r} "
+                f"({cls.embed_dim_reason})",
+            )
 
     def _grid(self, grid_size: int | tuple[int, int] | None) -> tuple[int, int]:
         return self.grid_size if grid_size is None else to_grid(grid_size)
 
-    def embedding(self, grid_size: int | tuple[int, int] | None = None) -> Tensor | None:
-        "The table [1, N(+1), D] for `grid_size` (default: the grid it was built for); `None` for 'none'."
+    def embedding(
+        self, grid_size: int | tuple[int, int] | None = None
+    ) -> Tensor | None:
+        """The table [1, N(+1), D] for `grid_size` (default: the grid it was built for);
+        `None` for 'none'."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor, grid_size: int | tuple[int, int] | None = None) -> Tensor:
-        "x [B, N(+1), D] for a `grid_size` grid of patches (default: the grid it was built for) -> x + table."
+    def forward(
+        self, x: Tensor, grid_size: int | tuple[int, int] | None = None
+    ) -> Tensor:
+        """x [B, N(+1), D] for a `grid_size` grid of patches (default: the grid it was
+        built for) -> x + table."""
         rows, cols = self._grid(grid_size)
         expected = self.num_prefix_tokens + rows * cols
         if x.dim() != 3 or x.shape[1] != expected or x.shape[2] != self.embed_dim:
-            raise ValueError(f"tokens have shape {tuple(x.shape)}; expected [batch, {expected}, {self.embed_dim}] "
-                             f"for a {rows} x {cols} grid{' plus the class token' if self.use_cls_token else ''}")
+            raise ValueError(
+                f"tokens have shape {tuple(x.shape)}; "
+                f"expected [batch, {expected}, {self.embed_dim}] "
+                f"for a {rows} x {cols} grid"
+                f"{' plus the class token' if self.use_cls_token else ''}"
+            )
         table = self.embedding((rows, cols))
         return x if table is None else x + table
 
     def _move_to(self, grid: tuple[int, int]) -> None:
-        "Replace the stored table by the one for `grid` (in place; `resample` calls it on a copy)."
+        """Replace the stored table by the one for `grid` (in place; `resample` calls it
+        on a copy)."""
         self.grid_size = grid
 
     def resample(self, grid_size: int | tuple[int, int]) -> PositionalEmbedding:
-        "A new module for `grid_size`: learned tables resampled (bicubic), fixed ones regenerated, class row kept."
+        """A new module for `grid_size`: learned tables resampled (bicubic), fixed ones
+        regenerated, class row kept."""
         grid = to_grid(grid_size)
         new = copy.deepcopy(self)
         with torch.no_grad():
@@ -118,23 +182,35 @@ class PositionalEmbedding(nn.Module):
         return new
 
     def extra_repr(self) -> str:
-        return f"{self.kind!r}, grid_size={self.grid_size}, embed_dim={self.embed_dim}, use_cls_token={self.use_cls_token}"
+        # no kind: the class name says it
+        return (
+            f"grid_size={self.grid_size}, embed_dim={self.embed_dim}, "
+            f"use_cls_token={self.use_cls_token}"
+        )
 
 # %% ../../nbs/03_positional_embedding.ipynb #cc66bbf6
 class NoPositionalEmbedding(PositionalEmbedding, kind="none"):
-    "No position information: tokens pass through unchanged (the paper's 'no positional embedding' baseline)."
+    """No position information: tokens pass through unchanged (the paper's
+    'no positional embedding' baseline)."""
 
-    def embedding(self, grid_size: int | tuple[int, int] | None = None) -> Tensor | None:
+    def embedding(
+        self, grid_size: int | tuple[int, int] | None = None
+    ) -> Tensor | None:
         return None
 
 # %% ../../nbs/03_positional_embedding.ipynb #be0f408d
 class LearnedPositionalEmbedding1d(PositionalEmbedding, kind="learned-1d"):
-    "One learned vector per token in raster order (class token first): the standard ViT table `weight` [1, N(+1), D]."
+    """One learned vector per token in raster order (class token first): the standard
+    ViT table `weight` [1, N(+1), D]."""
 
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True):
+    def __init__(
+        self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True
+    ):
         super().__init__(img_size, patch_size, embed_dim, use_cls_token)
         num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
-        self.weight = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, num_tokens, embed_dim), std=0.02))
+        self.weight = nn.Parameter(
+            nn.init.trunc_normal_(torch.empty(1, num_tokens, embed_dim), std=0.02)
+        )
 
     def embedding(self, grid_size: int | tuple[int, int] | None = None) -> Tensor:
         grid, P = self._grid(grid_size), self.num_prefix_tokens
@@ -149,18 +225,30 @@ class LearnedPositionalEmbedding1d(PositionalEmbedding, kind="learned-1d"):
 
 # %% ../../nbs/03_positional_embedding.ipynb #bd858b89
 class LearnedPositionalEmbedding2d(PositionalEmbedding, kind="learned-2d"):
-    "A learned row table [rows, D/2] and column table [cols, D/2]; patch (i, j) gets [row_i; col_j] (ViT App. D.4)."
+    """A learned row table [rows, D/2] and column table [cols, D/2]; patch (i, j) gets
+    [row_i; col_j] (ViT App. D.4)."""
+
     embed_dim_multiple, embed_dim_reason = 2, "a row half and a column half"
 
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True):
+    def __init__(
+        self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True
+    ):
         super().__init__(img_size, patch_size, embed_dim, use_cls_token)
         rows, cols = self.grid_size
-        init = lambda *shape: nn.Parameter(nn.init.trunc_normal_(torch.empty(*shape), std=0.02))
-        self.row_weight, self.col_weight = init(rows, embed_dim // 2), init(cols, embed_dim // 2)
+        init = lambda *shape: nn.Parameter(
+            nn.init.trunc_normal_(torch.empty(*shape), std=0.02)
+        )
+        self.row_weight, self.col_weight = (
+            init(rows, embed_dim // 2),
+            init(cols, embed_dim // 2),
+        )
         self.cls_weight = init(1, 1, embed_dim) if use_cls_token else None
 
-    def tables(self, grid_size: int | tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-        "Row and column tables for `grid_size`, each resampled along its own axis (bicubic) when the grid changes."
+    def tables(
+        self, grid_size: int | tuple[int, int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Row and column tables for `grid_size`, each resampled along its own axis
+        (bicubic) when the grid changes."""
         rows, cols = self._grid(grid_size)
         row = resample_grid_table(self.row_weight, (self.grid_size[0], 1), (rows, 1))
         col = resample_grid_table(self.col_weight, (1, self.grid_size[1]), (1, cols))
@@ -169,32 +257,55 @@ class LearnedPositionalEmbedding2d(PositionalEmbedding, kind="learned-2d"):
     def embedding(self, grid_size: int | tuple[int, int] | None = None) -> Tensor:
         row, col = self.tables(grid_size)
         half = self.embed_dim // 2
-        table = torch.cat([row[:, None].expand(-1, len(col), half), col[None].expand(len(row), -1, half)], dim=-1)
+        table = torch.cat(
+            [
+                row[:, None].expand(-1, len(col), half),
+                col[None].expand(len(row), -1, half),
+            ],
+            dim=-1,
+        )
         table = table.reshape(1, -1, self.embed_dim)
-        return table if self.cls_weight is None else torch.cat([self.cls_weight, table], dim=1)
+        return (
+            table
+            if self.cls_weight is None
+            else torch.cat([self.cls_weight, table], dim=1)
+        )
 
     def _move_to(self, grid: tuple[int, int]) -> None:
         row, col = self.tables(grid)
-        self.row_weight, self.col_weight = nn.Parameter(row.detach().clone()), nn.Parameter(col.detach().clone())
+        self.row_weight, self.col_weight = (
+            nn.Parameter(row.detach().clone()),
+            nn.Parameter(col.detach().clone()),
+        )
         super()._move_to(grid)
 
 # %% ../../nbs/03_positional_embedding.ipynb #36b6a62c
 class SinCosPositionalEmbedding2d(PositionalEmbedding, kind="sincos-2d"):
-    "Fixed 2-D sine-cosine table (big_vision layout, see `sincos_2d`) kept as a non-persistent buffer; zeros for the class token."
+    """Fixed 2-D sine-cosine table (big_vision layout, see `sincos_2d`) kept as a
+    non-persistent buffer; zeros for the class token."""
+
     embed_dim_multiple, embed_dim_reason = 4, "four blocks of D/4 channels"
 
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True):
+    def __init__(
+        self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True
+    ):
         super().__init__(img_size, patch_size, embed_dim, use_cls_token)
         self.register_buffer("weight", self._make(self.grid_size), persistent=False)
 
     def _make(self, grid: tuple[int, int], like: Tensor | None = None) -> Tensor:
         table = sincos_2d(grid, self.embed_dim)
-        table = torch.cat([table.new_zeros(self.num_prefix_tokens, self.embed_dim), table])[None]
+        table = torch.cat(
+            [table.new_zeros(self.num_prefix_tokens, self.embed_dim), table]
+        )[None]
         return table if like is None else table.to(like)
 
     def embedding(self, grid_size: int | tuple[int, int] | None = None) -> Tensor:
         grid = self._grid(grid_size)
-        return self.weight if grid == self.grid_size else self._make(grid, like=self.weight)
+        return (
+            self.weight
+            if grid == self.grid_size
+            else self._make(grid, like=self.weight)
+        )
 
     def _move_to(self, grid: tuple[int, int]) -> None:
         self.weight = self._make(grid, like=self.weight)

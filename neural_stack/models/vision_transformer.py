@@ -14,7 +14,12 @@ from torchvision.ops import StochasticDepth
 from .attention import MultiHeadAttention
 from .patch_embedding import PatchEmbedding
 from .positional_embedding import PositionalEmbedding
-from ..validation import ArgumentError, check_int, check_number, check_probability
+from neural_stack.validation import (
+    ArgumentError,
+    check_int,
+    check_number,
+    check_probability,
+)
 
 # %% auto #0
 __all__ = ['MLP', 'EncoderBlock', 'ViTConfig', 'VisionTransformer', 'from_torchvision', 'from_timm']
@@ -25,7 +30,11 @@ class MLP(nn.Module):
 
     def __init__(self, embed_dim: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.fc1, self.act, self.drop1 = nn.Linear(embed_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout)
+        self.fc1, self.act, self.drop1 = (
+            nn.Linear(embed_dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+        )
         self.fc2, self.drop2 = nn.Linear(hidden_dim, embed_dim), nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -33,36 +42,50 @@ class MLP(nn.Module):
 
 # %% ../../nbs/04_vision_transformer.ipynb #22e0f1cf
 class EncoderBlock(nn.Module):
-    "Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), each branch with dropout and stochastic depth."
+    """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), each branch with
+    dropout and stochastic depth."""
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 attention_dropout: float = 0.0, drop_path: float = 0.0):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dim, eps=1e-6)
         self.attn = MultiHeadAttention(embed_dim, num_heads, dropout=attention_dropout)
         self.attn_out_drop = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dim, eps=1e-6)
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), dropout)
-        self.drop_path = StochasticDepth(drop_path, mode="row")  # one draw per sample and branch
+        # one draw per sample and branch
+        self.drop_path = StochasticDepth(drop_path, mode="row")
 
-    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         "x [B, T, D] -> (x [B, T, D], attention weights [B, H, T, T] or None)."
         h = self.norm1(x)
         h, weights = self.attn(h, h, h, need_weights=need_weights)
         x = x + self.drop_path(self.attn_out_drop(h))
-        del h  # free the attention branch before the MLP allocates: lower peak memory, fewer fresh pages in inference
+        # free the attention branch before the MLP allocates: lower peak memory, fewer
+        # fresh pages in inference
+        del h
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
 
 # %% ../../nbs/04_vision_transformer.ipynb #9adb24c9
 @dataclass
 class ViTConfig:
-    "Every argument of a `VisionTransformer`, validated on construction and by `validate()`."
+    """Every argument of a `VisionTransformer`, validated on construction and by
+    `validate()`."""
 
     img_size: int = 32
     patch_size: int = 4
     in_channels: int = 3
-    num_classes: int = 10                 # 0: no head, the model returns pooled features
+    num_classes: int = 10  # 0: no head, the model returns pooled features
     embed_dim: int = 192
     num_heads: int = 3
     num_layers: int = 12
@@ -71,47 +94,101 @@ class ViTConfig:
     attention_dropout: float = 0.0
     drop_path: float = 0.0
     positional_embedding: str = "learned-1d"
-    use_cls_token: bool = True            # False: mean pooling
+    use_cls_token: bool = True  # False: mean pooling
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> ViTConfig:
-        "Raise an `ArgumentError` naming the first field that cannot build a model; return the config."
-        PatchEmbedding.check_arguments(self.img_size, self.patch_size, self.in_channels, self.embed_dim)
-        PositionalEmbedding.check_arguments(self.positional_embedding, self.img_size, self.patch_size,
-                                            self.embed_dim, self.use_cls_token)
+        """Raise an `ArgumentError` naming the first field that cannot build a model;
+        return the config."""
+        PatchEmbedding.check_arguments(
+            self.img_size, self.patch_size, self.in_channels, self.embed_dim
+        )
+        PositionalEmbedding.check_arguments(
+            self.positional_embedding,
+            self.img_size,
+            self.patch_size,
+            self.embed_dim,
+            self.use_cls_token,
+        )
         MultiHeadAttention.check_arguments(self.embed_dim, self.num_heads)
         check_int("num_layers", self.num_layers)
         check_int("num_classes", self.num_classes, minimum=0)
         if int(self.embed_dim * check_number("mlp_ratio", self.mlp_ratio, above=0)) < 1:
-            raise ArgumentError("mlp_ratio", self.mlp_ratio, f"at least 1 / embed_dim={self.embed_dim}")
+            raise ArgumentError(
+                "mlp_ratio", self.mlp_ratio, f"at least 1 / embed_dim={self.embed_dim}"
+            )
         for name in ("dropout", "attention_dropout", "drop_path"):
             check_probability(name, getattr(self, name))
         return self
 
 # %% ../../nbs/04_vision_transformer.ipynb #8d6f015c
 class VisionTransformer(nn.Module):
-    "ViT classifier: `vit(images)` -> logits [B, num_classes]; `vit(images, return_attention=True)` -> (logits, [B, H, N, N] per layer)."
+    """ViT classifier: `vit(images)` -> logits [B, num_classes];
+    `vit(images, return_attention=True)` -> (logits, [B, H, N, N] per layer)."""
 
-    def __init__(self, img_size: int = 32, patch_size: int = 4, in_channels: int = 3, num_classes: int = 10,
-                 embed_dim: int = 192, num_heads: int = 3, num_layers: int = 12, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, attention_dropout: float = 0.0, drop_path: float = 0.0,
-                 positional_embedding: str = "learned-1d", use_cls_token: bool = True):
+    def __init__(
+        self,
+        img_size: int = 32,
+        patch_size: int = 4,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        embed_dim: int = 192,
+        num_heads: int = 3,
+        num_layers: int = 12,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        positional_embedding: str = "learned-1d",
+        use_cls_token: bool = True,
+    ):
         super().__init__()
-        self.config = ViTConfig(img_size, patch_size, in_channels, num_classes, embed_dim, num_heads, num_layers,
-                                 mlp_ratio, dropout, attention_dropout, drop_path, positional_embedding, use_cls_token)
-        self.patch_size, self.embed_dim, self.num_classes = patch_size, embed_dim, num_classes
+        self.config = ViTConfig(
+            img_size,
+            patch_size,
+            in_channels,
+            num_classes,
+            embed_dim,
+            num_heads,
+            num_layers,
+            mlp_ratio,
+            dropout,
+            attention_dropout,
+            drop_path,
+            positional_embedding,
+            use_cls_token,
+        )
+        self.patch_size, self.embed_dim, self.num_classes = (
+            patch_size,
+            embed_dim,
+            num_classes,
+        )
         self.patch_embed = PatchEmbedding(img_size, patch_size, in_channels, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
-        self.pos_embed = PositionalEmbedding.create(positional_embedding, img_size, patch_size, embed_dim, use_cls_token)
+        self.cls_token = (
+            nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
+        )
+        self.pos_embed = PositionalEmbedding.create(
+            positional_embedding, img_size, patch_size, embed_dim, use_cls_token
+        )
         self.pos_drop = nn.Dropout(dropout)
-        rates = torch.linspace(0, drop_path, num_layers, device="cpu").tolist()  # stochastic depth grows with depth
+        # stochastic depth grows with depth
+        rates = torch.linspace(0, drop_path, num_layers, device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            EncoderBlock(embed_dim, num_heads, mlp_ratio, dropout, attention_dropout, rate) for rate in rates)
-        # Class token: normalise all tokens, read token 0. Mean pooling: pool, then normalise (timm's fc_norm).
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_cls_token else nn.Identity()
-        self.fc_norm = nn.Identity() if use_cls_token else nn.LayerNorm(embed_dim, eps=1e-6)
+            EncoderBlock(
+                embed_dim, num_heads, mlp_ratio, dropout, attention_dropout, rate
+            )
+            for rate in rates
+        )
+        # Class token: normalise all tokens, read token 0. Mean pooling: pool, then
+        # normalise (timm's fc_norm).
+        self.norm = (
+            nn.LayerNorm(embed_dim, eps=1e-6) if use_cls_token else nn.Identity()
+        )
+        self.fc_norm = (
+            nn.Identity() if use_cls_token else nn.LayerNorm(embed_dim, eps=1e-6)
+        )
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -120,13 +197,21 @@ class VisionTransformer(nn.Module):
 
     @classmethod
     def from_config(cls, config: ViTConfig) -> VisionTransformer:
-        "A model built from `config`, validated again first (it may have changed since it was built)."
+        """A model built from `config`, validated again first (it may have changed since
+        it was built)."""
         return cls(**asdict(config.validate()))
 
-    def forward_features(self, images: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        "images [B, C, H, W] -> tokens [B, N, D] after the last block and the final norm (timm's meaning), plus the attention maps when asked."
+    def forward_features(
+        self, images: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """images [B, C, H, W] -> tokens [B, N, D] after the last block and the final
+        norm (timm's meaning), plus the attention maps when asked."""
         x = self.patch_embed(images)
-        grid = (int(images.shape[-2]) // self.patch_size, int(images.shape[-1]) // self.patch_size)  # int(): sizes are tensors under jit tracing
+        # int(): sizes are tensors under jit tracing
+        grid = (
+            int(images.shape[-2]) // self.patch_size,
+            int(images.shape[-1]) // self.patch_size,
+        )
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(self.pos_embed(x, grid))
@@ -139,152 +224,328 @@ class VisionTransformer(nn.Module):
         return (x, attentions) if return_attention else x
 
     def forward_head(self, tokens: Tensor, pre_logits: bool = False) -> Tensor:
-        "tokens [B, N, D] -> logits [B, num_classes]; with `pre_logits`, the pooled and normalised features [B, D]."
-        x = self.fc_norm(tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1))
+        """tokens [B, N, D] -> logits [B, num_classes]; with `pre_logits`, the pooled
+        and normalised features [B, D]."""
+        x = self.fc_norm(
+            tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1)
+        )
         return x if pre_logits else self.head(x)
 
-    def forward(self, images: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        "images [B, C, H, W] -> logits [B, num_classes], plus the attention weights when `return_attention`."
+    def forward(
+        self, images: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """images [B, C, H, W] -> logits [B, num_classes], plus the attention weights
+        when `return_attention`."""
         if not return_attention:
             return self.forward_head(self.forward_features(images))
         tokens, attentions = self.forward_features(images, return_attention=True)
         return self.forward_head(tokens), attentions
 
     def resample(self, img_size: int) -> VisionTransformer:
-        "A copy built for `img_size` images: positional tables resampled or regenerated once, all other weights copied."
+        """A copy built for `img_size` images: positional tables resampled or
+        regenerated once, all other weights copied."""
         p = next(self.parameters())
-        new = VisionTransformer.from_config(replace(self.config, img_size=img_size)).to(device=p.device, dtype=p.dtype)
+        new = VisionTransformer.from_config(replace(self.config, img_size=img_size)).to(
+            device=p.device, dtype=p.dtype
+        )
         new.pos_embed = self.pos_embed.resample(new.patch_embed.grid_size)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("pos_embed.")}
+        state = {
+            k: v for k, v in self.state_dict().items() if not k.startswith("pos_embed.")
+        }
         missing, unexpected = new.load_state_dict(state, strict=False)
-        assert not unexpected and all(k.startswith("pos_embed.") for k in missing), (missing, unexpected)
+        assert not unexpected and all(k.startswith("pos_embed.") for k in missing), (
+            missing,
+            unexpected,
+        )
         return new.train(self.training)
 
 # %% ../../nbs/04_vision_transformer.ipynb #c571c5f7
-def _state_dict_to(model: VisionTransformer, state: dict[str, Tensor], source: nn.Module) -> VisionTransformer:
-    "Load `state` (strictly: every tensor accounted for), then match the source's device, dtype and train/eval mode."
+def _state_dict_to(
+    model: VisionTransformer, state: dict[str, Tensor], source: nn.Module
+) -> VisionTransformer:
+    """Load `state` (strictly: every tensor accounted for), then match the source's
+    device, dtype and train/eval mode."""
     model.load_state_dict(state)
     p = next(source.parameters())
     return model.to(device=p.device, dtype=p.dtype).train(source.training)
 
 
 def _check_layer_norms(norms: dict[str, nn.Module]) -> list[str]:
-    return [f"{name} is {type(m).__name__}(eps={getattr(m, 'eps', None)}); expected LayerNorm(eps=1e-06) with affine weights"
-            for name, m in norms.items()
-            if not (isinstance(m, nn.LayerNorm) and m.eps == 1e-6 and m.elementwise_affine and m.bias is not None)]
+    return [
+        f"{name} is {type(m).__name__}(eps={getattr(m, 'eps', None)}); "
+        "expected LayerNorm(eps=1e-06) with affine weights"
+        for name, m in norms.items()
+        if not (
+            isinstance(m, nn.LayerNorm)
+            and m.eps == 1e-6
+            and m.elementwise_affine
+            and m.bias is not None
+        )
+    ]
 
 # %% ../../nbs/04_vision_transformer.ipynb #16bfd884
 def from_torchvision(model: nn.Module) -> VisionTransformer:
-    "A `VisionTransformer` with the configuration and weights of a `torchvision.models.VisionTransformer`."
+    """A `VisionTransformer` with the configuration and weights of a
+    `torchvision.models.VisionTransformer`."""
     from torchvision.models import VisionTransformer as TorchvisionViT
 
     if not isinstance(model, TorchvisionViT):
-        raise ValueError(f"expected a torchvision.models.VisionTransformer, got {type(model).__name__}")
+        raise ValueError(
+            "expected a torchvision.models.VisionTransformer, "
+            f"got {type(model).__name__}"
+        )
     layers = list(model.encoder.layers)
     problems = []
     if not isinstance(model.conv_proj, nn.Conv2d):
-        problems.append("conv_stem_configs (a convolutional stem) is not supported; expected the single Conv2d patch projection")
+        problems.append(
+            "conv_stem_configs (a convolutional stem) is not supported; "
+            "expected the single Conv2d patch projection"
+        )
     if model.representation_size is not None:
-        problems.append(f"representation_size={model.representation_size} (a pre-logits layer) is not supported; expected None")
-    problems += _check_layer_norms({"encoder.ln": model.encoder.ln, **{f"encoder.layers.{i}.{n}": getattr(l, n)
-                                    for i, l in enumerate(layers) for n in ("ln_1", "ln_2")}})
+        problems.append(
+            f"representation_size={model.representation_size} (a pre-logits layer) "
+            "is not supported; expected None"
+        )
+    problems += _check_layer_norms(
+        {
+            "encoder.ln": model.encoder.ln,
+            **{
+                f"encoder.layers.{i}.{n}": getattr(l, n)
+                for i, l in enumerate(layers)
+                for n in ("ln_1", "ln_2")
+            },
+        }
+    )
     if problems:
         raise ValueError("cannot port this torchvision model: " + "; ".join(problems))
-    vit = VisionTransformer(img_size=model.image_size, patch_size=model.patch_size,
-                            in_channels=model.conv_proj.in_channels, num_classes=model.num_classes,
-                            embed_dim=model.hidden_dim, num_heads=layers[0].num_heads, num_layers=len(layers),
-                            mlp_ratio=model.mlp_dim / model.hidden_dim, dropout=model.dropout,
-                            attention_dropout=model.attention_dropout)
+    vit = VisionTransformer(
+        img_size=model.image_size,
+        patch_size=model.patch_size,
+        in_channels=model.conv_proj.in_channels,
+        num_classes=model.num_classes,
+        embed_dim=model.hidden_dim,
+        num_heads=layers[0].num_heads,
+        num_layers=len(layers),
+        mlp_ratio=model.mlp_dim / model.hidden_dim,
+        dropout=model.dropout,
+        attention_dropout=model.attention_dropout,
+    )
     if vit.blocks[0].mlp.fc1.out_features != model.mlp_dim:
-        raise ValueError(f"mlp_dim={model.mlp_dim} is not int(hidden_dim * r) for any float r we can represent")
+        raise ValueError(
+            f"mlp_dim={model.mlp_dim} is not int(hidden_dim * r) "
+            "for any float r we can represent"
+        )
     src = model.state_dict()
-    state = {"patch_embed.proj.weight": src["conv_proj.weight"], "patch_embed.proj.bias": src["conv_proj.bias"],
-             "cls_token": src["class_token"], "pos_embed.weight": src["encoder.pos_embedding"],
-             "norm.weight": src["encoder.ln.weight"], "norm.bias": src["encoder.ln.bias"],
-             "head.weight": src["heads.head.weight"], "head.bias": src["heads.head.bias"]}
-    names = {"norm1": "ln_1", "attn.qkv_proj.weight": "self_attention.in_proj_weight",
-             "attn.qkv_proj.bias": "self_attention.in_proj_bias", "attn.out_proj": "self_attention.out_proj",
-             "norm2": "ln_2", "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.3"}
+    state = {
+        "patch_embed.proj.weight": src["conv_proj.weight"],
+        "patch_embed.proj.bias": src["conv_proj.bias"],
+        "cls_token": src["class_token"],
+        "pos_embed.weight": src["encoder.pos_embedding"],
+        "norm.weight": src["encoder.ln.weight"],
+        "norm.bias": src["encoder.ln.bias"],
+        "head.weight": src["heads.head.weight"],
+        "head.bias": src["heads.head.bias"],
+    }
+    names = {
+        "norm1": "ln_1",
+        "attn.qkv_proj.weight": "self_attention.in_proj_weight",
+        "attn.qkv_proj.bias": "self_attention.in_proj_bias",
+        "attn.out_proj": "self_attention.out_proj",
+        "norm2": "ln_2",
+        "mlp.fc1": "mlp.0",
+        "mlp.fc2": "mlp.3",
+    }
     for i in range(len(layers)):
         for ours, theirs in names.items():
-            suffixes = ("",) if ours.endswith(("weight", "bias")) else (".weight", ".bias")
+            suffixes = (
+                ("",) if ours.endswith(("weight", "bias")) else (".weight", ".bias")
+            )
             for s in suffixes:
-                state[f"blocks.{i}.{ours}{s}"] = src[f"encoder.layers.encoder_layer_{i}.{theirs}{s}"]
+                state[f"blocks.{i}.{ours}{s}"] = src[
+                    f"encoder.layers.encoder_layer_{i}.{theirs}{s}"
+                ]
     return _state_dict_to(vit, state, model)
 
 # %% ../../nbs/04_vision_transformer.ipynb #6a2d3bba
 def from_timm(model: nn.Module) -> VisionTransformer:
-    "A `VisionTransformer` with the configuration and weights of a timm `VisionTransformer` (class token or `global_pool='avg'`)."
+    """A `VisionTransformer` with the configuration and weights of a timm
+    `VisionTransformer` (class token or `global_pool='avg'`)."""
     try:
         from timm.layers import Attention, DropPath, Mlp, PatchEmbed
         from timm.models.vision_transformer import Block
         from timm.models.vision_transformer import VisionTransformer as TimmViT
     except ImportError as e:
-        raise ImportError("from_timm needs timm: pip install 'neural-stack[timm]'") from e
+        raise ImportError(
+            "from_timm needs timm: pip install 'neural-stack[timm]'"
+        ) from e
 
     if type(model) is not TimmViT:
-        raise ValueError(f"expected a timm.models.vision_transformer.VisionTransformer, got {type(model).__name__}")
+        raise ValueError(
+            "expected a timm.models.vision_transformer.VisionTransformer, "
+            f"got {type(model).__name__}"
+        )
     problems = []
     pe, blocks = model.patch_embed, list(model.blocks)
     D, cls = model.embed_dim, model.has_class_token
-    if type(pe) is not PatchEmbed or not isinstance(pe.norm, nn.Identity) or pe.proj.bias is None or pe.dynamic_img_pad:
-        problems.append("the patch embedding must be a plain PatchEmbed (Conv2d with bias, no norm, no padding)")
-    elif pe.img_size is None or pe.img_size[0] != pe.img_size[1] or pe.patch_size[0] != pe.patch_size[1]:
-        problems.append(f"img_size={pe.img_size}, patch_size={pe.patch_size}; expected square images and patches")
+    if (
+        type(pe) is not PatchEmbed
+        or not isinstance(pe.norm, nn.Identity)
+        or pe.proj.bias is None
+        or pe.dynamic_img_pad
+    ):
+        problems.append(
+            "the patch embedding must be a plain PatchEmbed "
+            "(Conv2d with bias, no norm, no padding)"
+        )
+    elif (
+        pe.img_size is None
+        or pe.img_size[0] != pe.img_size[1]
+        or pe.patch_size[0] != pe.patch_size[1]
+    ):
+        problems.append(
+            f"img_size={pe.img_size}, patch_size={pe.patch_size}; "
+            "expected square images and patches"
+        )
     if model.dynamic_img_size:
-        problems.append("dynamic_img_size=True is not supported (run ours on other sizes instead: it resamples positions itself)")
+        problems.append(
+            "dynamic_img_size=True is not supported "
+            "(run ours on other sizes instead: it resamples positions itself)"
+        )
     if model.num_reg_tokens:
-        problems.append(f"reg_tokens={model.num_reg_tokens} (register tokens) is not supported; expected 0")
+        problems.append(
+            f"reg_tokens={model.num_reg_tokens} (register tokens) is not supported; "
+            "expected 0"
+        )
     if cls and model.no_embed_class:
-        problems.append("no_embed_class=True is not supported; expected the class token to have a positional row")
+        problems.append(
+            "no_embed_class=True is not supported; "
+            "expected the class token to have a positional row"
+        )
     if not isinstance(model.norm_pre, nn.Identity):
         problems.append("pre_norm=True is not supported")
     if not isinstance(model.patch_drop, nn.Identity):
         problems.append("patch_drop_rate > 0 is not supported")
-    if model.attn_pool is not None or model.global_pool not in ("token", "avg") or (model.global_pool == "token") != cls:
-        problems.append(f"global_pool={model.global_pool!r} with class_token={cls} is not supported; expected "
-                        "global_pool='token' with the class token, or global_pool='avg' with class_token=False")
-    elif cls and not (isinstance(model.fc_norm, nn.Identity) and not isinstance(model.norm, nn.Identity)):
-        problems.append("with the class token the final norm must come before pooling (fc_norm=False, final_norm=True)")
-    elif not cls and not (isinstance(model.norm, nn.Identity) and not isinstance(model.fc_norm, nn.Identity)):
-        problems.append("with global_pool='avg' the final norm must come after pooling (fc_norm=True, final_norm=True)")
+    if (
+        model.attn_pool is not None
+        or model.global_pool not in ("token", "avg")
+        or (model.global_pool == "token") != cls
+    ):
+        problems.append(
+            f"global_pool={model.global_pool!r} with class_token={cls} "
+            "is not supported; expected global_pool='token' with the class token, "
+            "or global_pool='avg' with class_token=False"
+        )
+    elif cls and not (
+        isinstance(model.fc_norm, nn.Identity)
+        and not isinstance(model.norm, nn.Identity)
+    ):
+        problems.append(
+            "with the class token the final norm must come before pooling "
+            "(fc_norm=False, final_norm=True)"
+        )
+    elif not cls and not (
+        isinstance(model.norm, nn.Identity)
+        and not isinstance(model.fc_norm, nn.Identity)
+    ):
+        problems.append(
+            "with global_pool='avg' the final norm must come after pooling "
+            "(fc_norm=True, final_norm=True)"
+        )
     else:
-        problems += _check_layer_norms({"norm" if cls else "fc_norm": model.norm if cls else model.fc_norm})
+        problems += _check_layer_norms(
+            {"norm" if cls else "fc_norm": model.norm if cls else model.fc_norm}
+        )
     if model.head_drop.p:
-        problems.append(f"drop_rate={model.head_drop.p} (dropout before the head) is not supported; expected 0")
+        problems.append(
+            f"drop_rate={model.head_drop.p} (dropout before the head) "
+            "is not supported; expected 0"
+        )
     for i, b in enumerate(blocks):
         a, m = b.attn, b.mlp
         if type(b) is not Block or type(a) is not Attention or type(m) is not Mlp:
             problems.append(f"blocks.{i} is not a standard Block(Attention, Mlp)")
             continue
-        if not all(isinstance(x, nn.Identity) for x in (b.ls1, b.ls2, a.q_norm, a.k_norm, a.norm, m.norm)):
-            problems.append(f"blocks.{i}: layer scale (init_values), qk_norm, scale norms are not supported")
-        if a.qkv.bias is None or a.proj.bias is None or m.fc1.bias is None or m.fc2.bias is None:
-            problems.append(f"blocks.{i}: qkv_bias=False or proj_bias=False is not supported")
+        if not all(
+            isinstance(x, nn.Identity)
+            for x in (b.ls1, b.ls2, a.q_norm, a.k_norm, a.norm, m.norm)
+        ):
+            problems.append(
+                f"blocks.{i}: layer scale (init_values), qk_norm, scale norms "
+                "are not supported"
+            )
+        if (
+            a.qkv.bias is None
+            or a.proj.bias is None
+            or m.fc1.bias is None
+            or m.fc2.bias is None
+        ):
+            problems.append(
+                f"blocks.{i}: qkv_bias=False or proj_bias=False is not supported"
+            )
         if getattr(a, "gate", None) is not None or a.attn_dim != D:
-            problems.append(f"blocks.{i}: gated attention or attn_head_dim != embed_dim / num_heads is not supported")
+            problems.append(
+                f"blocks.{i}: gated attention or "
+                "attn_head_dim != embed_dim / num_heads is not supported"
+            )
         if not (type(m.act) is nn.GELU and m.act.approximate == "none"):
-            problems.append(f"blocks.{i}: activation {m.act!r} is not supported; expected exact nn.GELU()")
-        problems += _check_layer_norms({f"blocks.{i}.norm1": b.norm1, f"blocks.{i}.norm2": b.norm2})
+            problems.append(
+                f"blocks.{i}: activation {m.act!r} is not supported; "
+                "expected exact nn.GELU()"
+            )
+        problems += _check_layer_norms(
+            {f"blocks.{i}.norm1": b.norm1, f"blocks.{i}.norm2": b.norm2}
+        )
     if problems:
         raise ValueError("cannot port this timm model: " + "; ".join(problems))
 
-    rates = {model.pos_drop.p} | {b.attn.proj_drop.p for b in blocks} | {b.mlp.drop1.p for b in blocks} | {b.mlp.drop2.p for b in blocks}
+    rates = (
+        {model.pos_drop.p}
+        | {b.attn.proj_drop.p for b in blocks}
+        | {b.mlp.drop1.p for b in blocks}
+        | {b.mlp.drop2.p for b in blocks}
+    )
     if len(rates) > 1:
-        raise ValueError(f"dropout rates {sorted(rates)} differ (pos_drop_rate, proj_drop_rate); expected one rate")
-    drop_path = [b.drop_path1.drop_prob if isinstance(b.drop_path1, DropPath) else 0.0 for b in blocks]
-    vit = VisionTransformer(img_size=pe.img_size[0], patch_size=pe.patch_size[0], in_channels=pe.proj.in_channels,
-                            num_classes=model.num_classes, embed_dim=D, num_heads=blocks[0].attn.num_heads,
-                            num_layers=len(blocks), mlp_ratio=blocks[0].mlp.fc1.out_features / D,
-                            dropout=rates.pop(), attention_dropout=blocks[0].attn.attn_drop.p, drop_path=drop_path[-1],
-                            positional_embedding="none" if model.pos_embed is None else "learned-1d", use_cls_token=cls)
+        raise ValueError(
+            f"dropout rates {sorted(rates)} differ (pos_drop_rate, proj_drop_rate); "
+            "expected one rate"
+        )
+    drop_path = [
+        b.drop_path1.drop_prob if isinstance(b.drop_path1, DropPath) else 0.0
+        for b in blocks
+    ]
+    vit = VisionTransformer(
+        img_size=pe.img_size[0],
+        patch_size=pe.patch_size[0],
+        in_channels=pe.proj.in_channels,
+        num_classes=model.num_classes,
+        embed_dim=D,
+        num_heads=blocks[0].attn.num_heads,
+        num_layers=len(blocks),
+        mlp_ratio=blocks[0].mlp.fc1.out_features / D,
+        dropout=rates.pop(),
+        attention_dropout=blocks[0].attn.attn_drop.p,
+        drop_path=drop_path[-1],
+        positional_embedding="none" if model.pos_embed is None else "learned-1d",
+        use_cls_token=cls,
+    )
     ours_rates = [b.drop_path.p for b in vit.blocks]
-    if any(abs(a - b) > 1e-7 for a, b in zip(ours_rates, drop_path)) or vit.blocks[0].mlp.fc1.out_features != blocks[0].mlp.fc1.out_features:
-        raise ValueError(f"drop path rates {drop_path} or MLP width {blocks[0].mlp.fc1.out_features} cannot be represented")
+    if (
+        any(abs(a - b) > 1e-7 for a, b in zip(ours_rates, drop_path))
+        or vit.blocks[0].mlp.fc1.out_features != blocks[0].mlp.fc1.out_features
+    ):
+        raise ValueError(
+            f"drop path rates {drop_path} or MLP width "
+            f"{blocks[0].mlp.fc1.out_features} cannot be represented"
+        )
     rename = {".attn.qkv.": ".attn.qkv_proj.", ".attn.proj.": ".attn.out_proj."}
     state = {}
     for k, v in model.state_dict().items():
-        if k in ("norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias") or k.startswith(("blocks.", "patch_embed.", "head.", "cls_token")):
+        if k in (
+            "norm.weight",
+            "norm.bias",
+            "fc_norm.weight",
+            "fc_norm.bias",
+        ) or k.startswith(("blocks.", "patch_embed.", "head.", "cls_token")):
             for old, new in rename.items():
                 k = k.replace(old, new)
             state[k] = v
