@@ -7,10 +7,30 @@ __all__ = ['ScaledDotProductAttention', 'MultiHeadAttention', 'to_torch_mha', 'f
            'PositionalEmbedding', 'ViTConfig', 'VisionTransformer', 'from_torchvision', 'from_timm']
 
 # %% ../../nbs/index.ipynb #0353c4f5
-from .attention import MultiHeadAttention, ScaledDotProductAttention, from_torch_mha, to_torch_mha
+from neural_stack.models.attention import (
+    MultiHeadAttention,
+    ScaledDotProductAttention,
+    from_torch_mha,
+    to_torch_mha,
+)
 from .patch_embedding import PatchEmbedding
 from .positional_embedding import PositionalEmbedding
-from .vision_transformer import ViTConfig, VisionTransformer, from_timm, from_torchvision
+from neural_stack.models.vision_transformer import (
+    ViTConfig,
+    VisionTransformer,
+    from_timm,
+    from_torchvision,
+)
 
-_all_ = ["ScaledDotProductAttention", "MultiHeadAttention", "to_torch_mha", "from_torch_mha", "PatchEmbedding",
-         "PositionalEmbedding", "ViTConfig", "VisionTransformer", "from_torchvision", "from_timm"]
+_all_ = [
+    "ScaledDotProductAttention",
+    "MultiHeadAttention",
+    "to_torch_mha",
+    "from_torch_mha",
+    "PatchEmbedding",
+    "PositionalEmbedding",
+    "ViTConfig",
+    "VisionTransformer",
+    "from_torchvision",
+    "from_timm",
+]

@@ -1,0 +1,96 @@
+"""`neural-stack train`: the console script and `python -m neural_stack.cli`, offline,
+end to end."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from neural_stack.cli import main
+from neural_stack.training.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = shutil.which("neural-stack", path=str(Path(sys.executable).parent))
+
+
+def run(*args, module=False):
+    command = [sys.executable, "-m", "neural_stack.cli"] if module else [SCRIPT]
+    return subprocess.run(
+        command + list(args), capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["console script", "python -m"])
+def test_trains_the_default_config_offline_and_leaves_its_files(tmp_path, module):
+    assert SCRIPT, "the console script is not installed: pip install -e ."
+    done = run(
+        "train",
+        "configs/vit_digits.yaml",
+        "num_epochs=2",
+        "scheduler.warmup_epochs=1",
+        f"checkpoint_dir={tmp_path}",
+        module=module,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.pt",
+        "config.yaml",
+        "last.pt",
+        "metrics.csv",
+    ]
+    assert (
+        str(tmp_path) in done.stdout
+        and "best.pt" in done.stdout
+        and "metrics.csv" in done.stdout
+    )
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 2
+    assert (
+        torch.load(tmp_path / "best.pt", weights_only=True)["config"]["num_epochs"] == 2
+    )
+    assert load_config(tmp_path / "config.yaml").checkpoint_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (
+            ["configs/vit_digits.yaml", "optimizer.lrr=1e-3"],
+            "optimizer.lrr: unknown key; did you mean 'lr'?",
+        ),
+        (
+            ["configs/vit_digits.yaml", "model.in_channels=3"],
+            "model.in_channels=3; expected 1",
+        ),
+        (["configs/missing.yaml"], "No such file or directory"),
+        (["configs/vit_digits.yaml", "device=cuda:7"], "use device='auto'"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(tmp_path, args, match):
+    if "device=cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    done = run("train", *args, f"checkpoint_dir={tmp_path}")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("neural-stack: error: ")
+        and match in lines[0]
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_a_yaml_tag_in_a_config_never_runs(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"num_epochs: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert main(["train", str(path)]) == 2
+    assert "not plain YAML" in capsys.readouterr().err and not marker.exists()
+
+
+def test_usage_errors_from_argparse():
+    done = run()
+    assert done.returncode == 2 and "usage: neural-stack" in done.stderr
