@@ -40,14 +40,24 @@ ARGS = [
 ]
 
 
+def _is_redirect(page: Path) -> bool:
+    "Sphinx's root index.html is only a refresh to the first page of the book."
+    return (
+        page.read_text(encoding="utf-8")
+        .lstrip()
+        .startswith('<meta http-equiv="Refresh"')
+    )
+
+
 def _pages() -> list[str]:
+    "Every page of the built book except redirects (test_root_redirects checks those)."
     if not HTML.is_dir():
         return []
     skip = {"_static", "_sources", "_images"}
     return sorted(
         p.relative_to(HTML).as_posix()
         for p in HTML.rglob("*.html")
-        if not skip & set(p.relative_to(HTML).parts)
+        if not skip & set(p.relative_to(HTML).parts) and not _is_redirect(p)
     )
 
 
@@ -233,6 +243,18 @@ def _check_plotly(page) -> None:
         text = fig.locator(".hovertext").first.text_content()
         assert text and text.strip(), f"figure {k}: empty tooltip"
         page.mouse.move(0, 0)
+
+
+@needs_chromium
+@needs_book
+def test_root_redirects_to_the_first_chapter(browser, base_url):
+    page = browser.new_page()
+    try:
+        page.goto(base_url + "index.html")
+        page.wait_for_url(base_url + "nbs/index.html")
+        assert "nbs/index.html" in PAGES and page.locator("h1").count() >= 1
+    finally:
+        page.close()
 
 
 @needs_chromium
