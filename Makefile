@@ -85,6 +85,7 @@ test: sync-check pytest nbval nbval-portable book-test
 bench: venv
 	$(BIN)/python bench/attention.py
 	$(BIN)/python bench/vit.py
+	$(BIN)/python bench/trainer.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from neural_stack.training.callbacks import (
     CheckpointCallback,
     CSVLogger,
@@ -27,22 +29,48 @@ from neural_stack.training.config import (
     save_config,
 )
 from .training.data import DatasetNotAvailableError, build_dataloaders
-from .training.trainer import DeviceError, Trainer
+from neural_stack.training.trainer import (
+    Callback,
+    DeviceError,
+    NonFiniteLossError,
+    TrainState,
+    Trainer,
+    distributed_info,
+    init_distributed,
+)
 
 # %% auto #0
 __all__ = ['USAGE_ERRORS', 'train', 'build_parser', 'main']
 
 # %% ../nbs/12_training_cli.ipynb #3c157d02
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run `config`: progress bars, a line per epoch, and checkpoints and metrics.csv in
-    checkpoint_dir."""
+class _SaveConfig(Callback):
+    """Writes the configuration as run once training begins: after a resumed run's
+    checkpoint was accepted, so a refused one leaves the folder as it was."""
+
+    main_process_only = True
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_begin(self, state: TrainState) -> None:
+        save_config(state.trainer.config, self.path)
+
+
+def train(config: TrainConfig, resume_from: str | Path | None = None) -> dict[str, Any]:
+    """Run `config` (continuing the checkpoint `resume_from`): progress bars, a line per
+    epoch, and checkpoints and metrics.csv in checkpoint_dir. In a distributed run every
+    process trains its share of the data; only the first writes and prints."""
     out = Path(config.checkpoint_dir)
-    parts = build_from_config(config)
-    train_loader, val_loader = build_dataloaders(config.data, seed=config.seed)
+    rank, _, world_size = distributed_info()
+    parts = build_from_config(config, world_size)
+    train_loader, val_loader = build_dataloaders(
+        config.data, seed=config.seed, rank=rank, world_size=world_size
+    )
     callbacks = [
         ProgressCallback(log_every=config.log_every),
         PrintCallback(),
         CSVLogger(out / "metrics.csv"),
+        _SaveConfig(out / "config.yaml"),
         CheckpointCallback(
             out,
             monitor=config.monitor,
@@ -51,12 +79,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         ),
     ]
     if config.early_stopping_patience:
-        callbacks.append(
-            EarlyStoppingCallback(
-                config.monitor, patience=config.early_stopping_patience
-            )
-        )
-    save_config(config, out / "config.yaml")
+        patience = config.early_stopping_patience
+        callbacks.append(EarlyStoppingCallback(config.monitor, patience=patience))
     trainer = Trainer(
         parts["model"],
         parts["optimizer"],
@@ -75,7 +99,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         seed=config.seed,
         config=config,
     )
-    return trainer.fit()
+    return trainer.fit(resume_from=resume_from)
 
 # %% ../nbs/12_training_cli.ipynb #95a80db4
 USAGE_ERRORS = (ConfigError, DeviceError, DatasetNotAvailableError, OSError)
@@ -100,37 +124,56 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="key.path=value",
         help="fields to change for this run, e.g. optimizer.lr=1e-3 num_epochs=4",
     )
+    train_cmd.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="continue the run that wrote CHECKPOINT (e.g. its last.pt)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    "`neural-stack train CONFIG [key.path=value ...]`; returns the exit status."
+    "`neural-stack train CONFIG [key.path=value ...] [--resume FILE]`: exit status."
     args = build_parser().parse_args(argv)
     try:
         config = apply_overrides(load_config(args.config), args.overrides)
+        init_distributed()  # under torchrun: join the other processes
+        rank, _, world_size = distributed_info()
         out = Path(config.checkpoint_dir).resolve()
-        what = (
-            f"{config.model.name} on {config.data.dataset}, {config.num_epochs} epochs"
-        )
-        print(
-            f"{config.experiment_name}: training {what}; writing to {out}", flush=True
-        )
-        results = train(config)
+        if rank == 0:
+            what = f"{config.model.name} on {config.data.dataset}"
+            if world_size > 1:
+                what += f" in {world_size} processes"
+            print(
+                f"{config.experiment_name}: training {what} for "
+                f"{config.num_epochs} epochs; writing to {out}",
+                flush=True,
+            )
+        results = train(config, resume_from=args.resume)
     except USAGE_ERRORS as e:
         print(f"neural-stack: error: {e}", file=sys.stderr)
         return 2
-    final = results["final"]
-    print(
-        f"done after {len(results['history'])} epochs: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("val/"))
-    )
-    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv"):
-        if (out / name).exists():
-            print(f"  {name:<12} {out / name}")
+    except NonFiniteLossError as e:
+        print(f"neural-stack: stopped: {e}", file=sys.stderr)
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        final = results["final"]
+        print(
+            f"done after {len(results['history'])} epochs: "
+            + ", ".join(
+                f"{k} {v:.4f}" for k, v in final.items() if k.startswith("val/")
+            )
+        )
+        for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv"):
+            if (out / name).exists():
+                print(f"  {name:<12} {out / name}")
     return 0
 
 
-if (
-    __name__ == "__main__" and "ipykernel" not in sys.modules
-):  # a notebook's kernel is __main__ too
+# a notebook's kernel runs as __main__ too: only a real `python -m` calls main
+if __name__ == "__main__" and "ipykernel" not in sys.modules:
     sys.exit(main())

@@ -9,7 +9,6 @@ import types
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from neural_stack.models import VisionTransformer
@@ -127,9 +126,14 @@ def test_checkpoint_runs_last_and_holds_every_callbacks_state(tmp_path):
         [CheckpointCallback(tmp_path), stopper, Scripted([0.5, 0.4, 0.3])]
     ).fit()
     states = torch.load(tmp_path / "last.pt", weights_only=True)["callbacks"]
-    assert {"best": 0.5, "wait": 2, "best_epoch": 1} in states and {
-        "best": 0.5
-    } in states
+    assert states["EarlyStoppingCallback:0"] == {
+        "best": 0.5,
+        "wait": 2,
+        "best_epoch": 1,
+    }
+    assert (
+        states["CheckpointCallback:0"] == {"best": 0.5} and states["Scripted:0"] == {}
+    )
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):

@@ -62,6 +62,8 @@ class Monitor:
 class PrintCallback(Callback):
     "A line per finished epoch: each metric as train / val, the rate and the time."
 
+    main_process_only = True
+
     def __init__(self, file: IO | None = None):
         self.file = file
 
@@ -69,12 +71,9 @@ class PrintCallback(Callback):
         m = state.metrics
         parts = [f"epoch {m['epoch']:>{len(str(state.num_epochs))}}/{state.num_epochs}"]
         for name in dict.fromkeys(k.split("/", 1)[1] for k in m if "/" in k):
-            values = [
-                m[f"{split}/{name}"]
-                for split in ("train", "val")
-                if f"{split}/{name}" in m
-            ]
-            parts.append(f"{name} " + " / ".join(f"{v:.4f}" for v in values))
+            splits = [f"{split}/{name}" for split in ("train", "val")]
+            values = [f"{m[key]:.4f}" for key in splits if key in m]
+            parts.append(f"{name} " + " / ".join(values))
         parts += [f"lr {m['lr']:.2e}", f"{m['seconds']:.1f} s"]
         print("  ".join(parts), file=self.file or sys.stdout, flush=True)
 
@@ -82,8 +81,10 @@ class PrintCallback(Callback):
 class ProgressCallback(Callback):
     "A tqdm bar per epoch over its batches; the running loss every `log_every` steps."
 
+    main_process_only = True
+
     def __init__(
-        self, log_every: int | None = None, file: IO | None = None, **tqdm_kwargs: Any
+        self, log_every: int | None = None, file: IO | None = None, **tqdm_kwargs
     ):
         self.log_every = (
             None if log_every is None else check_int("log_every", log_every)
@@ -101,19 +102,25 @@ class ProgressCallback(Callback):
 
     def on_batch_end(self, state: TrainState) -> None:
         self.bar.update(1)
-        every = self.log_every or state.trainer.log_every
-        if (
-            state.batch % every == 0
-        ):  # reading the loss waits for the device: not on every step
+        # reading the loss waits for the device: every `log_every` steps, not every step
+        if state.batch % (self.log_every or state.trainer.log_every) == 0:
             self.bar.set_postfix(loss=f"{state.batch_output['loss'].item():.4f}")
 
     def on_epoch_end(self, state: TrainState) -> None:
         self.bar.close()
 
+    def on_train_failed(self, state: TrainState, error: BaseException) -> None:
+        if self.bar is not None:
+            self.bar.close()  # so that the error starts on a line of its own
+
 # %% ../../nbs/11_training_callbacks.ipynb #b10c93c7
 class CheckpointCallback(Callback):
     """Writes `last.pt` every epoch, `best.pt` on improvement and `epoch_NNN.pt` every
     `save_every` epochs, into `checkpoint_dir`."""
+
+    # after every other callback, so that the checkpoint holds their updated state
+    order = 100
+    main_process_only = True
 
     def __init__(
         self,
@@ -128,15 +135,16 @@ class CheckpointCallback(Callback):
         self.save_best = save_best
         self.save_every = check_int("save_every", save_every, minimum=0)
 
-    order = (
-        100  # after every other callback, so the checkpoint holds their updated state
-    )
+    def on_train_begin(self, state: TrainState) -> None:
+        # a process killed while writing leaves its temporary file: clear them away
+        for stale in self.dir.glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def on_epoch_end(self, state: TrainState) -> None:
         improved = self.save_best and self.monitor.improved(state.metrics)
         checkpoint = (
             state.trainer.state_dict()
-        )  # every callback's state included, this one's too
+        )  # with every callback's state, this one's
         if improved:
             self._write(checkpoint, "best.pt")
         self._write(checkpoint, "last.pt")
@@ -217,6 +225,8 @@ CSV_COLUMNS = (
 class CSVLogger(Callback):
     "Appends each epoch's metrics to a CSV file (`metrics.csv`), one row per epoch."
 
+    main_process_only = True
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.columns: list[str] | None = None
@@ -225,23 +235,36 @@ class CSVLogger(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if state.epoch == 0:  # a new run starts a new file
             self.path.unlink(missing_ok=True)
+        elif (
+            self.path.exists()
+        ):  # a resumed run drops rows of epochs it will train again
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.columns = list(rows[0]) if rows else None
+            kept = [row for row in rows if int(row["epoch"]) <= state.epoch]
+            with atomic_open(self.path, "w") as f:
+                self._writer(f, header=True).writerows(kept)
 
     def on_epoch_end(self, state: TrainState) -> None:
         row = state.metrics
         if self.columns is None:
-            self.columns = [c for c in CSV_COLUMNS if c in row] + [
-                c for c in row if c not in CSV_COLUMNS
-            ]
+            self.columns = [c for c in CSV_COLUMNS if c in row]
+            self.columns += [c for c in row if c not in CSV_COLUMNS]
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+            self._writer(f, header=new).writerow(row)
+
+    def _writer(self, f: IO, header: bool) -> csv.DictWriter:
+        writer = csv.DictWriter(f, fieldnames=self.columns or [], extrasaction="ignore")
+        if header:
+            writer.writeheader()
+        return writer
 
 
 class WandbCallback(Callback):
     "Logs each epoch's metrics to Weights & Biases (`pip install wandb`)."
+
+    main_process_only = True
 
     def __init__(self, project: str | None = None, **init_kwargs: Any):
         try:
@@ -261,8 +284,8 @@ class WandbCallback(Callback):
         config = state.trainer.config
         self.run = self.wandb.init(
             project=self.project,
-            config=None if config is None else config_to_dict(config),
             **self.init_kwargs,
+            config=None if config is None else config_to_dict(config),
         )
 
     def on_epoch_end(self, state: TrainState) -> None:
@@ -270,3 +293,7 @@ class WandbCallback(Callback):
 
     def on_train_end(self, state: TrainState) -> None:
         self.run.finish()
+
+    def on_train_failed(self, state: TrainState, error: BaseException) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=1)

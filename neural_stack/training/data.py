@@ -453,9 +453,8 @@ class ImageTensorDataset(Dataset):
     def __getitems__(self, keys: list) -> list[tuple[Tensor, Tensor]]:
         "A batch's samples, transformed on one thread as in a loader's workers."
         threads = torch.get_num_threads()
-        torch.set_num_threads(
-            1
-        )  # threads only slow down the transforms of a small image
+        # threads only slow down the transforms of a small image
+        torch.set_num_threads(1)
         try:
             return [self[key] for key in keys]
         finally:
@@ -463,18 +462,30 @@ class ImageTensorDataset(Dataset):
 
 
 class _SeededShuffle(Sampler):
-    "Each epoch a random order, and a seed per sample for its augmentation."
+    """Each epoch a random order, and a seed per sample for its augmentation. With
+    `world_size` processes, every process draws the same order and takes its share,
+    `rank` first, every `world_size`-th sample, the order padded from its start so that
+    the shares are equal (as `DistributedSampler` does)."""
 
-    def __init__(self, size: int, generator: torch.Generator):
-        self.size, self.generator = size, generator
+    def __init__(
+        self, size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+    ):
+        self.size, self.generator, self.rank, self.world_size = (
+            size,
+            generator,
+            rank,
+            world_size,
+        )
 
     def __len__(self) -> int:
-        return self.size
+        return math.ceil(self.size / self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = torch.randperm(self.size, generator=self.generator).tolist()
         seeds = torch.randint(2**62, (self.size,), generator=self.generator).tolist()
-        return iter(zip(order, seeds))
+        pairs = list(zip(order, seeds))
+        pairs += pairs[: len(self) * self.world_size - self.size]
+        return iter(pairs[self.rank :: self.world_size])
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -485,15 +496,20 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_dataloaders(
-    config: DataConfig, seed: int = 0
+    config: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders of `config.dataset`.
 
     Batches are float32 images [B, C, H, W], normalised with `DATASET_STATS`, and
     int64 labels [B]. Only the training loader shuffles and augments; the same `seed`
-    gives the same batches."""
+    gives the same batches. For distributed training, process `rank` of `world_size`
+    gets its share of each split (validation unpadded, so that summed metrics are
+    exact)."""
     config.validate()
     check_int("seed", seed, minimum=0)
+    check_int("world_size", world_size)
+    if not (isinstance(rank, int) and 0 <= rank < world_size):
+        raise ArgumentError("rank", rank, f"an integer in [0, world_size={world_size})")
     (train_x, train_y), (val_x, val_y) = _load(config.dataset, config.data_dir)
     mean, std = _dataset_stats(config.dataset, config.data_dir, train_x)
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
@@ -513,9 +529,12 @@ def build_dataloaders(
     )
     train = DataLoader(
         train_set,
-        sampler=_SeededShuffle(len(train_set), train_generator),
+        sampler=_SeededShuffle(len(train_set), train_generator, rank, world_size),
         generator=train_generator,
         **options,
     )
-    val = DataLoader(val_set, generator=torch.Generator().manual_seed(seed), **options)
+    shard = range(rank, len(val_set), world_size)
+    val = DataLoader(
+        val_set, sampler=shard, generator=torch.Generator().manual_seed(seed), **options
+    )
     return train, val

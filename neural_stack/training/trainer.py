@@ -6,17 +6,21 @@
 from __future__ import annotations
 
 import math
+import os
+import random
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .config import config_to_dict, seed_everything
+from .config import ConfigError, config_to_dict, seed_everything
 from neural_stack.validation import (
     ArgumentError,
     check_bool,
@@ -26,7 +30,8 @@ from neural_stack.validation import (
 )
 
 # %% auto #0
-__all__ = ['AMP_DTYPES', 'DeviceError', 'resolve_device', 'TrainState', 'Callback', 'Trainer']
+__all__ = ['AMP_DTYPES', 'RESUME_MAY_CHANGE', 'DeviceError', 'resolve_device', 'rng_state', 'set_rng_state', 'distributed_info',
+           'init_distributed', 'TrainState', 'Callback', 'resume_conflicts', 'NonFiniteLossError', 'Trainer']
 
 # %% ../../nbs/10_training_trainer.ipynb #9e46a8ae
 class DeviceError(RuntimeError):
@@ -62,6 +67,70 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         )
     return device
 
+# %% ../../nbs/10_training_trainer.ipynb #3731cae6
+def rng_state() -> dict[str, Any]:
+    "The generator states of Python, NumPy, PyTorch and CUDA, as tensors and values."
+    version, mt, gauss = random.getstate()
+    key, numbers, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": version, "state": torch.tensor(mt), "gauss": gauss},
+        "numpy": {
+            "key": key,
+            "state": torch.from_numpy(numbers.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    "Restore what `rng_state` returned."
+    p, n = state["python"], state["numpy"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+    np.random.set_state(
+        (
+            n["key"],
+            n["state"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def distributed_info() -> tuple[int, int, int]:
+    "(global rank, local rank, world size) from torch.distributed, else (0, 0, 1)."
+    if dist.is_available() and dist.is_initialized():
+        return (
+            dist.get_rank(),
+            int(os.environ.get("LOCAL_RANK", 0)),
+            dist.get_world_size(),
+        )
+    return 0, 0, 1
+
+
+def init_distributed() -> bool:
+    """Join the process group `torchrun` describes in the environment (WORLD_SIZE > 1):
+    NCCL when there are GPUs, Gloo on CPUs. Whether this is a distributed run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.is_available() and dist.is_initialized()
+
+
+def _gather(state: dict[str, Any], world_size: int) -> list[dict[str, Any]]:
+    "Every process's `state` in rank order (a list of one without distribution)."
+    if world_size == 1:
+        return [state]
+    states: list[Any] = [None] * world_size
+    dist.all_gather_object(states, state)
+    return states
+
 # %% ../../nbs/10_training_trainer.ipynb #8db5feaf
 @dataclass
 class TrainState:
@@ -72,22 +141,20 @@ class TrainState:
     epoch: int = 0  # the current epoch, counted from 0
     step: int = 0  # optimiser steps taken
     batch: int = 0  # the current batch within the epoch
-    batch_output: dict[str, Any] = field(
-        default_factory=dict
-    )  # the last `train_step` result
-    metrics: dict[str, float] = field(default_factory=dict)  # the last finished epoch's
-    history: list[dict[str, float]] = field(
-        default_factory=list
-    )  # every finished epoch's
+    # the last `train_step` result, the last finished epoch's metrics, every epoch's
+    batch_output: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
     should_stop: bool = False  # a callback sets it to end the run after this epoch
 
 
 class Callback:
     "Hooks a `Trainer` calls with its `TrainState`; each does nothing by default."
 
-    order = (
-        0  # callbacks run in increasing order (stable): a checkpoint writer goes last
-    )
+    # callbacks run in increasing `order` (stable): a checkpoint writer goes last
+    order = 0
+    # True: in distributed training only the process of global rank 0 runs it
+    main_process_only = False
 
     def on_train_begin(self, state: TrainState) -> None: ...
     def on_train_end(self, state: TrainState) -> None: ...
@@ -95,6 +162,8 @@ class Callback:
     def on_epoch_end(self, state: TrainState) -> None: ...
     def on_batch_begin(self, state: TrainState) -> None: ...
     def on_batch_end(self, state: TrainState) -> None: ...
+    def on_train_failed(self, state: TrainState, error: BaseException) -> None:
+        "The run stops on `error`, raised again once every callback has seen it."
 
     def state_dict(self) -> dict[str, Any]:
         "What the callback must keep across a resumed run (plain values and tensors)."
@@ -105,6 +174,54 @@ class Callback:
 
 # %% ../../nbs/10_training_trainer.ipynb #5be4150c
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# What a resumed run may change: where it runs, where it writes, how it reports.
+# Anything else would make the continued run a different one.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "device",
+        "checkpoint_dir",
+        "experiment_name",
+        "log_every",
+        "save_best",
+        "save_every",
+        "early_stopping_patience",
+        "data.data_dir",
+        "data.num_workers",
+        "data.pin_memory",
+    }
+)
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
+    "A nested configuration dictionary as {dotted.path: value}."
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def resume_conflicts(saved: dict, now: dict) -> list[str]:
+    """The differences between the configuration a checkpoint was written with and
+    the one resuming it that would change the run. `num_epochs` may change only
+    without a learning-rate schedule: a schedule is built for the run's length."""
+    saved, now = _dotted(saved), _dotted(now)
+    free = RESUME_MAY_CHANGE
+    if now.get("scheduler.name") == saved.get("scheduler.name") == "none":
+        free = free | {"num_epochs"}
+    return [
+        f"{key}: {saved.get(key)!r} there, {now.get(key)!r} here"
+        for key in sorted(saved.keys() | now.keys())
+        if key not in free and saved.get(key) != now.get(key)
+    ]
+
+
+class NonFiniteLossError(FloatingPointError):
+    "The training loss became NaN or infinite; the run stopped."
 
 
 class Trainer:
@@ -135,15 +252,11 @@ class Trainer:
         self.callbacks = sorted(callbacks, key=lambda c: getattr(c, "order", 0))
         self.device_name, self.config = device, config
         self.num_epochs = check_int("num_epochs", num_epochs)
-        self.use_amp, self.amp_dtype = (
-            check_bool("use_amp", use_amp),
-            check_choice("amp_dtype", amp_dtype, AMP_DTYPES),
-        )
-        self.grad_clip_norm = (
-            None
-            if grad_clip_norm is None
-            else check_number("grad_clip_norm", grad_clip_norm, above=0)
-        )
+        self.use_amp = check_bool("use_amp", use_amp)
+        self.amp_dtype = check_choice("amp_dtype", amp_dtype, AMP_DTYPES)
+        if grad_clip_norm is not None:
+            grad_clip_norm = check_number("grad_clip_norm", grad_clip_norm, above=0)
+        self.grad_clip_norm = grad_clip_norm
         self.grad_accum_steps = check_int("grad_accum_steps", grad_accum_steps)
         self.log_every = check_int("log_every", log_every)
         self.seed = None if seed is None else check_int("seed", seed, minimum=0)
@@ -151,28 +264,48 @@ class Trainer:
             if not isinstance(callback, Callback):
                 raise ArgumentError("callbacks", callback, "Callback instances")
         self.state = TrainState(self, self.num_epochs)
-        self.device, self.scaler = torch.device("cpu"), None
+        self.device, self.scaler, self.network = torch.device("cpu"), None, model
+        self._rng = [rng_state()]
+        self.rank, self.local_rank, self.world_size = distributed_info()
+
+    @property
+    def is_main(self) -> bool:
+        "Whether this is the process that prints and writes files (global rank 0)."
+        return self.rank == 0
 
     # ------------------------------------------------------------------ the run
-    def fit(self) -> dict[str, Any]:
-        "Train, validating after every epoch; return the history and the final metrics."
+    def fit(self, resume_from: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Train, validating after every epoch; return the history and the final
+        metrics. `resume_from` continues the run a checkpoint was written by."""
         self._prepare()
+        if resume_from is not None:
+            self.load_state_dict(
+                torch.load(resume_from, map_location=self.device, weights_only=True),
+                source=str(resume_from),
+            )
         state = self.state
-        self._call("on_train_begin")
-        for epoch in range(state.epoch, self.num_epochs):
-            state.epoch, state.batch = epoch, 0
-            self._call("on_epoch_begin")
-            start = time.perf_counter()
-            metrics = {"epoch": epoch + 1, **self._train_epoch()}
-            if self.val_loader is not None:
-                metrics.update(self._validate())
-            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-            metrics["seconds"] = time.perf_counter() - start
-            state.metrics = metrics
-            state.history.append(metrics)
-            self._call("on_epoch_end")
-            if state.should_stop:
-                break
+        try:
+            self._call("on_train_begin")
+            for epoch in range(state.epoch, self.num_epochs):
+                state.epoch, state.batch = epoch, 0
+                self._call("on_epoch_begin")
+                start = time.perf_counter()
+                metrics = {"epoch": epoch + 1, **self._train_epoch()}
+                if self.val_loader is not None:
+                    metrics.update(self._validate())
+                metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                metrics["seconds"] = time.perf_counter() - start
+                state.metrics = metrics
+                state.history.append(metrics)
+                self._rng = _gather(
+                    rng_state(), self.world_size
+                )  # every process takes part
+                self._call("on_epoch_end")
+                if state.should_stop:
+                    break
+        except BaseException as error:
+            self._call("on_train_failed", error)
+            raise
         self._call("on_train_end")
         return {
             "history": state.history,
@@ -182,35 +315,48 @@ class Trainer:
         }
 
     def _prepare(self) -> None:
-        "Resolve the device and mixed precision, seed, and move the model."
+        "Resolve device and precision, seed, move the model (and wrap it for DDP)."
         self.device = resolve_device(self.device_name)
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.local_rank)  # one GPU per process
+            torch.cuda.set_device(self.device)
         if self.use_amp and self.amp_dtype == "float16" and self.device.type != "cuda":
             raise DeviceError(
-                f"amp_dtype='float16' needs a CUDA device (loss scaling); on "
-                f"{self.device.type} use amp_dtype='bfloat16'"
+                f"amp_dtype='float16' needs a CUDA device (loss scaling); "
+                f"on {self.device.type} use amp_dtype='bfloat16'"
             )
         if self.use_amp and self.amp_dtype == "float16":
             self.scaler = torch.amp.GradScaler("cuda")
         if self.seed is not None:
-            seed_everything(self.seed)
+            seed_everything(self.seed + self.rank)  # each process its own random stream
         self.model.to(self.device)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids
+            )
 
     def _train_epoch(self) -> dict[str, float]:
         "One pass over the training data; sums stay on the device until the end."
         self.model.train()
-        state, loss_sum, correct, count = (
-            self.state,
+        state = self.state
+        loss_sum, correct = torch.zeros((), device=self.device), None
+        norm_sum, norm_steps, count, window, micro = (
             torch.zeros((), device=self.device),
-            None,
+            0,
+            0,
+            0,
             0,
         )
-        norm_sum, norm_steps = torch.zeros((), device=self.device), 0
-        window, micro = 0, 0
+        unchecked: list[
+            tuple[Tensor, int, int]
+        ] = []  # losses not yet checked to be finite
         batches = len(self.train_loader)
         for i, batch in enumerate(self.train_loader):
             state.batch = i
             self._call("on_batch_begin")
             out = self.train_step(batch)
+            unchecked.append((out["loss"], i, state.step))
             loss_sum += out["loss"] * out["count"]
             count += out["count"]
             if out.get("correct") is not None:
@@ -224,25 +370,39 @@ class Trainer:
                     norm_sum, norm_steps = norm_sum + norm, norm_steps + 1
                 window, micro = 0, 0
             state.batch_output = out
+            if len(unchecked) == self.log_every or i == batches - 1:
+                self._check_finite(unchecked)  # one host sync per log_every batches
+                unchecked.clear()
             self._call("on_batch_end")
-        metrics = {"train/loss": (loss_sum / count).item()}
+        loss_sum, correct_sum, total = self._sum(loss_sum, correct, count)
+        metrics = {"train/loss": loss_sum / total}
         if correct is not None:
-            metrics["train/accuracy"] = correct.item() / count
+            metrics["train/accuracy"] = correct_sum / total
         if norm_steps:
             metrics["train/grad_norm"] = (norm_sum / norm_steps).item()
         return metrics
+
+    def _check_finite(self, losses: list[tuple[Tensor, int, int]]) -> None:
+        "Raise `NonFiniteLossError` at the first NaN or infinite loss among `losses`."
+        finite = torch.isfinite(torch.stack([loss for loss, _, _ in losses])).tolist()
+        if all(finite):
+            return
+        loss, batch, step = losses[finite.index(False)]
+        raise NonFiniteLossError(
+            f"the training loss became {loss.item()} at epoch {self.state.epoch + 1}, "
+            f"batch {batch + 1} (after {step} optimizer steps); the run stopped, "
+            "and its checkpoints keep the last finished epoch. Likely causes: a "
+            "learning rate too high, no gradient clipping (grad_clip_norm), float16 "
+            "overflow (use bfloat16), or NaN or infinite values in the data"
+        )
 
     def _optimizer_step(self, samples: int) -> Tensor | None:
         """Average the accumulated gradients per sample, clip, step; return the norm
         before clipping."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        params = [
-            p
-            for group in self.optimizer.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
+        groups = self.optimizer.param_groups
+        params = [p for group in groups for p in group["params"] if p.grad is not None]
         for p in params:
             p.grad.div_(samples)  # the backward passes summed over samples
         norm = None
@@ -273,18 +433,40 @@ class Trainer:
                 hits = self.count_correct(outputs, targets)
                 if hits is not None:
                     correct = hits if correct is None else correct + hits
-        metrics = {"val/loss": (loss_sum / count).item()}
+        loss_sum, correct_sum, total = self._sum(loss_sum, correct, count)
+        metrics = {"val/loss": loss_sum / total}
         if correct is not None:
-            metrics["val/accuracy"] = correct.item() / count
+            metrics["val/accuracy"] = correct_sum / total
         return metrics
 
-    def _call(self, hook: str) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(self.state)
+    def _sum(
+        self, loss_sum: Tensor, correct: Tensor | None, count: int
+    ) -> tuple[float, float, int]:
+        "Sums over all processes in one reduction, read once: (loss, correct, count)."
+        totals = torch.stack(
+            [
+                loss_sum.float(),
+                torch.as_tensor(
+                    0 if correct is None else correct, device=self.device
+                ).float(),
+                torch.tensor(float(count), device=self.device),
+            ]
+        ).double()
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        loss, hits, total = totals.tolist()
+        return loss, hits, int(total)
 
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            if self.is_main or not callback.main_process_only:
+                getattr(callback, hook)(self.state, *args)
+
+    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """A checkpoint of the run so far: tensors and plain values only, so that
-        `torch.load(..., weights_only=True)` loads it."""
+        """A checkpoint of the run so far, enough to continue it exactly: tensors and
+        plain values only, so that `torch.load(..., weights_only=True)` loads it."""
+        loader_rng = getattr(self.train_loader, "generator", None)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -297,8 +479,53 @@ class Trainer:
             "metrics": dict(self.state.metrics),
             "history": list(self.state.history),
             "config": None if self.config is None else config_to_dict(self.config),
-            "callbacks": [c.state_dict() for c in self.callbacks],
+            "callbacks": {key: c.state_dict() for key, c in self._callback_keys()},
+            "rng": self._rng,  # every process's generators at the end of the epoch
+            "loader_rng": None if loader_rng is None else loader_rng.get_state(),
         }
+
+    def load_state_dict(
+        self, checkpoint: dict[str, Any], source: str = "the checkpoint"
+    ) -> None:
+        "Continue the run `checkpoint` (from `state_dict`) was taken of."
+        saved = checkpoint.get("config")
+        if saved is not None and self.config is not None:
+            changed = resume_conflicts(saved, config_to_dict(self.config))
+            if changed:
+                raise ConfigError(
+                    source,
+                    reason="it was written by a run with another configuration, "
+                    "and resuming continues that same run: " + "; ".join(changed),
+                )
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for part, name in ((self.lr_scheduler, "scheduler"), (self.scaler, "scaler")):
+            if part is not None and checkpoint[name] is not None:
+                part.load_state_dict(checkpoint[name])
+        state = self.state
+        state.epoch, state.step = checkpoint["epoch"], checkpoint["step"]
+        state.metrics, state.history = (
+            dict(checkpoint["metrics"]),
+            list(checkpoint["history"]),
+        )
+        for key, callback in self._callback_keys():
+            if key in checkpoint["callbacks"]:
+                callback.load_state_dict(checkpoint["callbacks"][key])
+        rngs = checkpoint["rng"]
+        set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
+        loader_rng = getattr(self.train_loader, "generator", None)
+        if loader_rng is not None and checkpoint["loader_rng"] is not None:
+            loader_rng.set_state(checkpoint["loader_rng"].cpu())
+
+    def _callback_keys(self) -> list[tuple[str, Callback]]:
+        "Each callback with a key that finds it in a resumed run: its class, numbered."
+        seen: dict[str, int] = {}
+        keys = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            seen[name] = seen.get(name, -1) + 1
+            keys.append((f"{name}:{seen[name]}", callback))
+        return keys
 
     # ------------------------------------------------------------------ override points
     def autocast(self):
@@ -310,13 +537,12 @@ class Trainer:
     def unpack_batch(self, batch: Any) -> tuple[Any, Tensor]:
         "A loader's batch as (inputs, targets) on the trainer's device."
         inputs, targets = batch
-        return inputs.to(self.device, non_blocking=True), targets.to(
-            self.device, non_blocking=True
-        )
+        move = dict(device=self.device, non_blocking=True)
+        return inputs.to(**move), targets.to(**move)
 
     def forward(self, inputs: Any) -> Any:
-        "The model's outputs for `inputs`."
-        return self.model(inputs)
+        "The model's outputs for `inputs` (through DistributedDataParallel when used)."
+        return self.network(inputs)
 
     def compute_loss(self, outputs: Any, targets: Tensor) -> Tensor:
         "The loss of `outputs`, averaged over the batch."
@@ -338,10 +564,10 @@ class Trainer:
         n = len(targets)
         total = loss.float() * n
         (self.scaler.scale(total) if self.scaler is not None else total).backward()
+        if isinstance(outputs, Tensor):
+            outputs = outputs.detach()
         return {
             "loss": loss.detach().float(),
             "count": n,
-            "correct": self.count_correct(
-                outputs.detach() if isinstance(outputs, Tensor) else outputs, targets
-            ),
+            "correct": self.count_correct(outputs, targets),
         }
