@@ -377,3 +377,57 @@ def test_chapters_are_in_the_book():
     notebooks = sorted(p.stem for p in (ROOT / "nbs").glob("*.ipynb"))
     built = sorted(Path(p).stem for p in CHAPTERS)
     assert notebooks == built
+
+
+@needs_chromium
+@needs_book
+def test_attention_explorer_controls_change_the_map(visit):
+    # The explorer has no kernel behind it: its menu, buttons and slider must change
+    # what the static page shows.
+    rel = "nbs/06_visualization.html"
+    assert rel in PAGES, f"{rel} is not in the book"
+    page, errors, _ = visit(rel)
+    page.locator(".js-plotly-plot .main-svg").first.wait_for(state="attached")
+    figures = page.locator(".js-plotly-plot")
+    found = [
+        k
+        for k in range(figures.count())
+        if figures.nth(k).evaluate(
+            "el => String(el.layout.title?.text ?? '').startsWith('Attention explorer')"
+        )
+    ]
+    assert len(found) == 1, f"{rel}: {len(found)} attention explorers"
+    explorer = figures.nth(found[0])
+    explorer.scroll_into_view_if_needed()
+
+    def view():
+        return explorer.evaluate(
+            "el => ({x: el.layout.xaxis.range.slice(),"
+            " y: el.layout.yaxis.range.slice(),"
+            " shown: el.data.flatMap((t, i) => t.visible === false ? [] : [i])})"
+        )
+
+    def changed(before: dict, picture: bytes, key: str) -> tuple[dict, bytes]:
+        page.wait_for_timeout(300)  # plotly redraws asynchronously
+        after, new_picture = view(), explorer.screenshot()
+        assert after[key] != before[key], f"{key} unchanged: {before[key]}"
+        assert new_picture != picture, f"the figure looks the same after changing {key}"
+        return after, new_picture
+
+    state, picture = view(), explorer.screenshot()
+    explorer.locator("g.updatemenu-button", has_text="head 1").click()
+    state, picture = changed(state, picture, "shown")
+
+    header = explorer.locator("g.updatemenu-header").bounding_box()
+    page.mouse.click(
+        header["x"] + header["width"] / 2, header["y"] + header["height"] / 2
+    )
+    items = explorer.locator("g.updatemenu-dropdown-button")
+    assert items.count() >= 2, "the image menu did not open"
+    items.nth(items.count() - 1).click()
+    state, picture = changed(state, picture, "x")
+
+    rail = explorer.locator(".slider-rail-touch-rect").bounding_box()
+    page.mouse.click(rail["x"] + 3, rail["y"] + rail["height"] / 2)  # the first layer
+    changed(state, picture, "y")
+    assert not errors, f"{rel}: JavaScript errors: {errors}"
