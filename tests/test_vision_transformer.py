@@ -531,7 +531,8 @@ def test_from_timm_refuses_layer_norm_eps_and_other_models():
     with pytest.raises(
         ValueError,
         match=(
-            r"expected a timm.models.vision_transformer.VisionTransformer, got Linear"
+            r"expected a timm.models.vision_transformer.VisionTransformer or "
+            r"timm.models.deit.VisionTransformerDistilled, got Linear"
         ),
     ):
         from_timm(nn.Linear(2, 2))
@@ -623,3 +624,63 @@ def test_forward_features_and_forward_head_compose_to_forward():
         torch.testing.assert_close(
             vit.head(vit.forward_head(tokens, pre_logits=True)), logits
         )
+
+
+# ---------------------------------------------------------------- DeiT's token
+def test_from_timm_ports_deit_distilled_models():
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(0)
+    ref = VisionTransformerDistilled(
+        img_size=16, patch_size=4, depth=2, num_heads=2, embed_dim=24, num_classes=5
+    ).eval()
+    nn.init.normal_(ref.pos_embed, std=0.5)  # every positional row matters
+    nn.init.normal_(ref.head_dist.bias, std=0.5)
+    ours = from_timm(ref)
+    assert ours.config.distillation_token and ours.dist_token.shape == (1, 1, 24)
+    x = torch.randn(3, 3, 16, 16)
+    ref_logits, ref_attn = timm_logits_and_attention(ref, x)
+    assert ref_attn[0].shape[-1] == 16 + 2  # class, distillation and patch tokens
+    assert_same(ours, ref_logits, x, ref_attn)
+    ref.set_distilled_training(True)
+    ref.train(), ours.train()
+    with torch.no_grad():  # training mode: each head on its own, as timm returns them
+        for a, b in zip(ours(x, separate_heads=True), ref(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        tokens = ours.forward_features(x)
+        cls, dist = ours.forward_head(tokens, separate_heads=True)
+        torch.testing.assert_close(ours.forward_head(tokens), (cls + dist) / 2)
+        torch.testing.assert_close(
+            ours.forward_head(tokens, pre_logits=True),
+            ref.forward_head(ref.forward_features(x), pre_logits=True),
+            atol=1e-5,
+            rtol=0,
+        )
+
+
+def test_distillation_token_parameters_gradients_and_resample():
+    plain, distilled = tiny(), tiny(distillation_token=True)
+    extra = sum(p.numel() for p in distilled.parameters()) - sum(
+        p.numel() for p in plain.parameters()
+    )
+    assert extra == 24 + (24 * 5 + 5)  # the token and its head
+    x = torch.randn(2, 3, 16, 16)
+    cls, dist = distilled(x, separate_heads=True)
+    (cls.sum() + 2 * dist.sum()).backward()
+    assert all(p.grad is not None for p in distilled.parameters())
+    assert not torch.equal(cls, dist)  # two heads, two answers
+    bigger = distilled.resample(24)
+    assert torch.equal(bigger.dist_token, distilled.dist_token)
+    _, attentions = bigger(torch.randn(1, 3, 24, 24), return_attention=True)
+    assert attentions[0].shape[-1] == 36 + 2
+
+
+def test_distillation_token_refusals():
+    with pytest.raises(
+        ArgumentError, match=r"distillation_token=True; expected False with use_cls"
+    ):
+        tiny(distillation_token=True, use_cls_token=False)
+    with pytest.raises(ArgumentError, match=r"distillation_token='yes'"):
+        tiny(distillation_token="yes")
+    with pytest.raises(ValueError, match="separate_heads=True needs distillation"):
+        tiny()(torch.randn(1, 3, 16, 16), separate_heads=True)

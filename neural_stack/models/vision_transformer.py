@@ -16,6 +16,7 @@ from .patch_embedding import PatchEmbedding
 from .positional_embedding import PositionalEmbedding
 from neural_stack.validation import (
     ArgumentError,
+    check_bool,
     check_int,
     check_number,
     check_probability,
@@ -95,6 +96,7 @@ class ViTConfig:
     drop_path: float = 0.0
     positional_embedding: str = "learned-1d"
     use_cls_token: bool = True  # False: mean pooling
+    distillation_token: bool = False  # DeiT's second token and head (chapter 14)
 
     def __post_init__(self):
         self.validate()
@@ -121,6 +123,13 @@ class ViTConfig:
             )
         for name in ("dropout", "attention_dropout", "drop_path"):
             check_probability(name, getattr(self, name))
+        if check_bool("distillation_token", self.distillation_token):
+            if self.use_cls_token is not True:
+                raise ArgumentError(
+                    "distillation_token",
+                    True,
+                    "False with use_cls_token=False (DeiT reads both tokens)",
+                )
         return self
 
 # %% ../../nbs/04_vision_transformer.ipynb #8d6f015c
@@ -143,6 +152,7 @@ class VisionTransformer(nn.Module):
         drop_path: float = 0.0,
         positional_embedding: str = "learned-1d",
         use_cls_token: bool = True,
+        distillation_token: bool = False,
     ):
         super().__init__()
         self.config = ViTConfig(
@@ -159,6 +169,7 @@ class VisionTransformer(nn.Module):
             drop_path,
             positional_embedding,
             use_cls_token,
+            distillation_token,
         )
         self.patch_size, self.embed_dim, self.num_classes = (
             patch_size,
@@ -190,6 +201,15 @@ class VisionTransformer(nn.Module):
             nn.Identity() if use_cls_token else nn.LayerNorm(embed_dim, eps=1e-6)
         )
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
+        # DeiT: a second learned token, read by its own head. Its positional row would
+        # only add a constant to a learned constant, so it has none.
+        self.dist_token, self.head_dist = None, None
+        if distillation_token:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            nn.init.trunc_normal_(self.dist_token, std=0.02)  # as DeiT
+            self.head_dist = (
+                nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
+            )
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -214,7 +234,11 @@ class VisionTransformer(nn.Module):
         )
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.pos_drop(self.pos_embed(x, grid))
+        x = self.pos_embed(x, grid)
+        if self.dist_token is not None:  # after the class token
+            dist = self.dist_token.expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :1], dist, x[:, 1:]], dim=1)
+        x = self.pos_drop(x)
         attentions = []
         for block in self.blocks:
             x, weights = block(x, need_weights=return_attention)
@@ -223,23 +247,50 @@ class VisionTransformer(nn.Module):
         x = self.norm(x)
         return (x, attentions) if return_attention else x
 
-    def forward_head(self, tokens: Tensor, pre_logits: bool = False) -> Tensor:
+    def forward_head(
+        self, tokens: Tensor, pre_logits: bool = False, separate_heads: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """tokens [B, N, D] -> logits [B, num_classes]; with `pre_logits`, the pooled
-        and normalised features [B, D]."""
+        and normalised features [B, D]. With a distillation token the two heads'
+        outputs are averaged, or returned as a pair (class head, distillation head)
+        with `separate_heads`."""
+        if self.dist_token is not None:
+            cls, dist = tokens[:, 0], tokens[:, 1]
+            if not pre_logits:
+                cls, dist = self.head(cls), self.head_dist(dist)
+            return (cls, dist) if separate_heads else (cls + dist) / 2
+        if separate_heads:
+            raise ValueError("separate_heads=True needs distillation_token=True")
         x = self.fc_norm(
             tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1)
         )
         return x if pre_logits else self.head(x)
 
     def forward(
-        self, images: Tensor, return_attention: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self,
+        images: Tensor,
+        return_attention: bool = False,
+        separate_heads: bool = False,
+    ) -> Tensor | tuple:
         """images [B, C, H, W] -> logits [B, num_classes], plus the attention weights
-        when `return_attention`."""
+        when `return_attention`; `separate_heads` as in `forward_head`."""
         if not return_attention:
-            return self.forward_head(self.forward_features(images))
+            tokens = self.forward_features(images)
+            return self.forward_head(tokens, separate_heads=separate_heads)
         tokens, attentions = self.forward_features(images, return_attention=True)
-        return self.forward_head(tokens), attentions
+        return self.forward_head(tokens, separate_heads=separate_heads), attentions
+
+    def parameter_depth(self, name: str) -> int:
+        """How deep parameter `name` sits: 0 for the patch and positional embeddings
+        and the tokens, i + 1 for block i, num_layers + 1 for the final norms and the
+        heads. Freezing and layer-wise learning rates (chapter 14) go by it."""
+        if name not in dict(self.named_parameters()):
+            raise ValueError(f"name: {name!r} is not a parameter of this model")
+        if name.startswith(("patch_embed.", "pos_embed.", "cls_token", "dist_token")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
 
     def resample(self, img_size: int) -> VisionTransformer:
         """A copy built for `img_size` images: positional tables resampled or
@@ -369,9 +420,11 @@ def from_torchvision(model: nn.Module) -> VisionTransformer:
 # %% ../../nbs/04_vision_transformer.ipynb #6a2d3bba
 def from_timm(model: nn.Module) -> VisionTransformer:
     """A `VisionTransformer` with the configuration and weights of a timm
-    `VisionTransformer` (class token or `global_pool='avg'`)."""
+    `VisionTransformer` (class token or `global_pool='avg'`) or of DeiT's
+    `VisionTransformerDistilled`."""
     try:
         from timm.layers import Attention, DropPath, Mlp, PatchEmbed
+        from timm.models.deit import VisionTransformerDistilled
         from timm.models.vision_transformer import Block
         from timm.models.vision_transformer import VisionTransformer as TimmViT
     except ImportError as e:
@@ -379,11 +432,12 @@ def from_timm(model: nn.Module) -> VisionTransformer:
             "from_timm needs timm: pip install 'neural-stack[timm]'"
         ) from e
 
-    if type(model) is not TimmViT:
+    if type(model) not in (TimmViT, VisionTransformerDistilled):
         raise ValueError(
-            "expected a timm.models.vision_transformer.VisionTransformer, "
-            f"got {type(model).__name__}"
+            "expected a timm.models.vision_transformer.VisionTransformer or "
+            f"timm.models.deit.VisionTransformerDistilled, got {type(model).__name__}"
         )
+    distilled = type(model) is VisionTransformerDistilled
     problems = []
     pe, blocks = model.patch_embed, list(model.blocks)
     D, cls = model.embed_dim, model.has_class_token
@@ -527,6 +581,7 @@ def from_timm(model: nn.Module) -> VisionTransformer:
         drop_path=drop_path[-1],
         positional_embedding="none" if model.pos_embed is None else "learned-1d",
         use_cls_token=cls,
+        distillation_token=distilled,
     )
     ours_rates = [b.drop_path.p for b in vit.blocks]
     if (
@@ -545,12 +600,17 @@ def from_timm(model: nn.Module) -> VisionTransformer:
             "norm.bias",
             "fc_norm.weight",
             "fc_norm.bias",
-        ) or k.startswith(("blocks.", "patch_embed.", "head.", "cls_token")):
+        ) or k.startswith(("blocks.", "patch_embed.", "head.", "head_dist.", "cls_")):
             for old, new in rename.items():
                 k = k.replace(old, new)
             state[k] = v
+        elif k == "pos_embed" and distilled:  # the distillation token's row moves
+            state["pos_embed.weight"] = torch.cat([v[:, :1], v[:, 2:]], dim=1)
+            state["dist_token"] = model.dist_token.detach() + v[:, 1:2]
         elif k == "pos_embed":
             state["pos_embed.weight"] = v
+        elif k == "dist_token":
+            continue  # added to its positional row above
         else:
             raise ValueError(f"cannot port this timm model: unexpected tensor {k!r}")
     return _state_dict_to(vit, state, model)
