@@ -29,6 +29,7 @@ from neural_stack.training.config import (
     save_config,
 )
 from .training.data import DatasetNotAvailableError, build_dataloaders
+from .training.factory import pretrained_stats
 from neural_stack.training.trainer import (
     Callback,
     DeviceError,
@@ -40,7 +41,7 @@ from neural_stack.training.trainer import (
 )
 
 # %% auto #0
-__all__ = ['USAGE_ERRORS', 'train', 'build_parser', 'main']
+__all__ = ['USAGE_ERRORS', 'normalised_as_pretrained', 'build_trainer', 'train', 'build_parser', 'main']
 
 # %% ../nbs/12_training_cli.ipynb #3c157d02
 class _SaveConfig(Callback):
@@ -56,16 +57,59 @@ class _SaveConfig(Callback):
         save_config(state.trainer.config, self.path)
 
 
+def normalised_as_pretrained(config: TrainConfig) -> TrainConfig:
+    """`config`, with the normalisation its model's published weights were trained
+    with as `data.mean` and `data.std`, unless it sets them or starts from scratch."""
+    if not config.model.pretrained or config.data.mean is not None:
+        return config
+    mean, std = pretrained_stats(config.model)
+    return apply_overrides(config, [f"data.mean={list(mean)}", f"data.std={list(std)}"])
+
+
+def build_trainer(
+    config: TrainConfig,
+    callbacks: Sequence[Callback] = (),
+    rank: int = 0,
+    world_size: int = 1,
+    trainer_class: type[Trainer] = Trainer,
+    **trainer_kwargs: Any,
+) -> Trainer:
+    """The `Trainer` that `config` describes: its components, its data loaders (the
+    share of process `rank` of `world_size`) and its run settings, with `callbacks`.
+    `trainer_class` may be a subclass, given its own arguments in `trainer_kwargs`.
+    The trainer's config is `config` as run (`normalised_as_pretrained`)."""
+    config = normalised_as_pretrained(config)
+    parts = build_from_config(config, world_size)
+    train_loader, val_loader = build_dataloaders(
+        config.data, seed=config.seed, rank=rank, world_size=world_size
+    )
+    return trainer_class(
+        model=parts["model"],
+        optimizer=parts["optimizer"],
+        train_loader=train_loader,
+        val_loader=val_loader,
+        criterion=parts["criterion"],
+        lr_scheduler=parts["scheduler"],
+        callbacks=callbacks,
+        device=config.device,
+        num_epochs=config.num_epochs,
+        use_amp=config.use_amp,
+        amp_dtype=config.amp_dtype,
+        grad_clip_norm=config.grad_clip_norm,
+        grad_accum_steps=config.grad_accum_steps,
+        log_every=config.log_every,
+        seed=config.seed,
+        config=config,
+        **trainer_kwargs,
+    )
+
+
 def train(config: TrainConfig, resume_from: str | Path | None = None) -> dict[str, Any]:
     """Run `config` (continuing the checkpoint `resume_from`): progress bars, a line per
     epoch, and checkpoints and metrics.csv in checkpoint_dir. In a distributed run every
     process trains its share of the data; only the first writes and prints."""
     out = Path(config.checkpoint_dir)
     rank, _, world_size = distributed_info()
-    parts = build_from_config(config, world_size)
-    train_loader, val_loader = build_dataloaders(
-        config.data, seed=config.seed, rank=rank, world_size=world_size
-    )
     callbacks = [
         ProgressCallback(log_every=config.log_every),
         PrintCallback(),
@@ -81,24 +125,7 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> dict[st
     if config.early_stopping_patience:
         patience = config.early_stopping_patience
         callbacks.append(EarlyStoppingCallback(config.monitor, patience=patience))
-    trainer = Trainer(
-        parts["model"],
-        parts["optimizer"],
-        train_loader,
-        val_loader,
-        parts["criterion"],
-        parts["scheduler"],
-        callbacks=callbacks,
-        device=config.device,
-        num_epochs=config.num_epochs,
-        use_amp=config.use_amp,
-        amp_dtype=config.amp_dtype,
-        grad_clip_norm=config.grad_clip_norm,
-        grad_accum_steps=config.grad_accum_steps,
-        log_every=config.log_every,
-        seed=config.seed,
-        config=config,
-    )
+    trainer = build_trainer(config, callbacks, rank, world_size)
     return trainer.fit(resume_from=resume_from)
 
 # %% ../nbs/12_training_cli.ipynb #95a80db4

@@ -1,6 +1,7 @@
 """`neural-stack train`: the console script and `python -m neural_stack.cli`, offline,
 end to end."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -94,3 +95,28 @@ def test_a_yaml_tag_in_a_config_never_runs(tmp_path, capsys):
 def test_usage_errors_from_argparse():
     done = run()
     assert done.returncode == 2 and "usage: neural-stack" in done.stderr
+
+
+def test_published_weights_offline_are_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network, no cache
+    command = [
+        SCRIPT,
+        "train",
+        "configs/vit_cifar10.yaml",
+        f"checkpoint_dir={tmp_path}",
+    ]
+    command += [
+        "model.source=timm",
+        "model.pretrained=true",
+        "model.patch_size=16",
+        "model.num_layers=12",
+        "model.mlp_ratio=4.0",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "could not download timm's weights 'vit_tiny_patch16_224" in lines[0]
+    assert not any(tmp_path.iterdir())  # nothing written

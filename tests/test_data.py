@@ -26,7 +26,10 @@ from neural_stack.training.data import (
     build_augmentation,
     build_dataloaders,
     get_dataset_info,
+    train_size,
 )
+from neural_stack.training.config import TrainConfig, steps_per_epoch
+from neural_stack.training.factory import ModelConfig
 from neural_stack.validation import ArgumentError
 
 OFFLINE = ["digits", "mnist-5k"]
@@ -115,6 +118,9 @@ def test_defaults():
         rand_aug=False,
         rand_aug_num_ops=2,
         rand_aug_magnitude=9,
+        train_fraction=1.0,
+        mean=None,
+        std=None,
     )
     assert config.validate() is config
 
@@ -575,3 +581,38 @@ def test_dataset_stats_of_a_missing_download_is_the_offline_error(
     message = str(e.value)
     assert f"data_dir='data' ({tmp_path / 'data'})" in message
     assert "cifar-10-batches-py/data_batch_1" in message
+
+
+def test_train_fraction_is_a_fixed_nested_subset():
+    full_loader, full_val = build_dataloaders(DataConfig(dataset="digits"))
+    full = full_loader.dataset
+    tenth_config = DataConfig(dataset="digits", train_fraction=0.1)
+    tenth, val = build_dataloaders(tenth_config)
+    half, _ = build_dataloaders(
+        DataConfig(dataset="digits", train_fraction=0.5), seed=3
+    )
+    assert len(tenth.dataset) == train_size(tenth_config) == 150
+    assert len(half.dataset) == 750
+    # the validation split is untouched, and the subset is the same for every seed
+    assert torch.equal(val.dataset.images, full_val.dataset.images)
+    again, _ = build_dataloaders(
+        DataConfig(dataset="digits", train_fraction=0.1), seed=7
+    )
+    assert torch.equal(again.dataset.images, tenth.dataset.images)
+
+    def rows(images):
+        return {tuple(x.flatten().tolist()) for x in images}
+
+    # a smaller fraction's images are part of a larger one's, all from the split
+    assert rows(tenth.dataset.images) <= rows(half.dataset.images)
+    assert rows(half.dataset.images) <= rows(full.images)
+    assert len(set(tenth.dataset.labels.tolist())) == 10  # every digit is there
+    assert len(tenth) == math.ceil(150 / 64)
+    run = TrainConfig(data=tenth_config, model=ModelConfig(img_size=8, in_channels=1))
+    assert steps_per_epoch(run) == len(tenth)  # the schedule's length follows
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 1.5, float("nan"), "half", True])
+def test_bad_train_fraction(value):
+    with pytest.raises(ArgumentError, match=r"train_fraction="):
+        DataConfig(train_fraction=value)

@@ -360,3 +360,35 @@ def test_label_smoothing_against_the_formula():
         ArgumentError, match=r"label_smoothing=1.0; expected a probability in \[0, 1\)"
     ):
         build_criterion(1.0)
+
+
+def test_cnn_is_a_small_vgg_style_network():
+    config = ModelConfig(
+        name="cnn", img_size=8, in_channels=1, num_classes=10, embed_dim=64
+    )
+    model = build_model(config)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (1, 32),
+        (32, 32),
+        (32, 64),
+        (64, 64),
+    ]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 2
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    # odd sizes and colour images work too: global average pooling takes any grid
+    colour = build_model(ModelConfig(name="cnn", img_size=28, embed_dim=16))
+    assert colour(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(img_size=2), r"img_size=2; expected an integer >= 4"),
+        (dict(num_classes=0), r"num_classes=0; expected a positive integer"),
+    ],
+)
+def test_bad_cnn_sections(kwargs, match):
+    with pytest.raises(ArgumentError, match=match):
+        ModelConfig(name="cnn", **kwargs)

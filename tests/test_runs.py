@@ -26,6 +26,7 @@ from neural_stack.training import (
     build_from_config,
     TrainConfig,
 )
+from neural_stack.cli import build_trainer
 from neural_stack.training.config import config_to_dict
 from neural_stack.training.trainer import NonFiniteLossError, resume_conflicts
 
@@ -57,35 +58,16 @@ class StopAfter(Callback):
         state.should_stop = state.should_stop or state.epoch + 1 == self.epochs
 
 
-def trainer(config, callbacks):
-    parts = build_from_config(config)
-    train_loader, val_loader = build_dataloaders(config.data, seed=config.seed)
-    return Trainer(
-        parts["model"],
-        parts["optimizer"],
-        train_loader,
-        val_loader,
-        parts["criterion"],
-        parts["scheduler"],
-        callbacks=callbacks,
-        device="cpu",
-        num_epochs=config.num_epochs,
-        seed=config.seed,
-        config=config,
-        grad_clip_norm=config.grad_clip_norm,
-    )
-
-
 def no_seconds(history):
     return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in history]
 
 
 def test_four_epochs_equal_two_plus_a_resumed_two_bit_for_bit(tmp_path):
     config = apply_overrides(TrainConfig(), RANDOM_RUN)
-    straight = trainer(config, [])
+    straight = build_trainer(config, [])
     straight_history = straight.fit()["history"]
 
-    first = trainer(
+    first = build_trainer(
         config,
         [
             CheckpointCallback(tmp_path),
@@ -95,7 +77,7 @@ def test_four_epochs_equal_two_plus_a_resumed_two_bit_for_bit(tmp_path):
         ],
     )
     assert len(first.fit()["history"]) == 2
-    resumed = trainer(
+    resumed = build_trainer(
         config,
         [
             CheckpointCallback(tmp_path),
@@ -119,14 +101,14 @@ def test_four_epochs_equal_two_plus_a_resumed_two_bit_for_bit(tmp_path):
 
 def test_resuming_with_another_model_fails_clearly(tmp_path):
     config = apply_overrides(TrainConfig(), ["num_epochs=1"])
-    trainer(config, [CheckpointCallback(tmp_path)]).fit()
+    build_trainer(config, [CheckpointCallback(tmp_path)]).fit()
     other = apply_overrides(config, ["model.embed_dim=96"])
     with pytest.raises(
         ConfigError,
         match=r"last.pt: it was written by a run with another configuration, and "
         r"resuming continues that same run: model.embed_dim: 64 there, 96 here$",
     ):
-        trainer(other, []).fit(resume_from=tmp_path / "last.pt")
+        build_trainer(other, []).fit(resume_from=tmp_path / "last.pt")
 
 
 def test_resume_allows_only_changes_that_keep_the_run_the_same():
@@ -173,7 +155,7 @@ def test_a_refused_resume_changes_no_file(tmp_path):
 
 def test_csv_rows_of_epochs_trained_again_are_dropped(tmp_path):
     config = apply_overrides(TrainConfig(), ["num_epochs=3"])
-    trainer(
+    build_trainer(
         config, [CheckpointCallback(tmp_path), CSVLogger(tmp_path / "metrics.csv")]
     ).fit()
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -181,7 +163,7 @@ def test_csv_rows_of_epochs_trained_again_are_dropped(tmp_path):
     torch.save(
         checkpoint, tmp_path / "resume.pt"
     )  # as if killed after epoch 3's row, before its checkpoint
-    trainer(config, [CSVLogger(tmp_path / "metrics.csv")]).fit(
+    build_trainer(config, [CSVLogger(tmp_path / "metrics.csv")]).fit(
         resume_from=tmp_path / "resume.pt"
     )
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
@@ -328,6 +310,7 @@ def torchrun(*args, nproc=2):
     return subprocess.run(
         [
             str(BIN / "torchrun"),
+            "--standalone",  # a free port: other tests may run beside it
             f"--nproc_per_node={nproc}",
             "-m",
             "neural_stack.cli",

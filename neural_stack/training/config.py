@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from .data import DataConfig, get_dataset_info
+from .data import DataConfig, get_dataset_info, train_size
 from neural_stack.training.factory import (
     ModelConfig,
     OptimizerConfig,
@@ -251,6 +251,8 @@ def _as(kind: Any, value: object) -> object:
         return value if isinstance(value, str) else _NO
     if typing.get_origin(kind) is tuple:
         items = typing.get_args(kind)
+        if items[-1] is Ellipsis and isinstance(value, (list, tuple)):  # any length
+            items = (items[0],) * len(value)
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
             return _NO
         converted = tuple(_as(item, v) for item, v in zip(items, value))
@@ -262,6 +264,8 @@ def _describe(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
         plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
         items = typing.get_args(kind)
+        if items[-1] is Ellipsis:
+            return f"a list of {plural[items[0]]}"
         return f"a list of {len(items)} {plural[items[0]]}"
     names = {
         type(None): "null",
@@ -358,7 +362,7 @@ def seed_everything(seed: int) -> None:
 
 def steps_per_epoch(config: TrainConfig, world_size: int = 1) -> int:
     "Optimiser steps per epoch: this process's batches, grouped by accumulation."
-    share = math.ceil(get_dataset_info(config.data.dataset).train_size / world_size)
+    share = math.ceil(train_size(config.data) / world_size)
     return math.ceil(
         math.ceil(share / config.data.batch_size) / config.grad_accum_steps
     )

@@ -29,7 +29,7 @@ from neural_stack.validation import (
 
 # %% auto #0
 __all__ = ['DATASETS', 'DATASET_STATS', 'DatasetInfo', 'get_dataset_info', 'DatasetNotAvailableError', 'DataConfig',
-           'build_augmentation', 'ImageTensorDataset', 'build_dataloaders']
+           'build_augmentation', 'ImageTensorDataset', 'train_size', 'build_dataloaders']
 
 # %% ../../nbs/07_training_data.ipynb #472536aa
 @dataclass(frozen=True)
@@ -345,6 +345,9 @@ class DataConfig:
     rand_aug: bool = False
     rand_aug_num_ops: int = 2
     rand_aug_magnitude: int = 9  # one of RandAugment's 31 bins, 0 to 30
+    train_fraction: float = 1.0  # the share of the training split used: learning curves
+    mean: tuple[float, ...] | None = None  # per channel; None: the dataset's own
+    std: tuple[float, ...] | None = None  # (DATASET_STATS); pretrained weights' own
 
     def __post_init__(self):
         self.validate()
@@ -355,6 +358,10 @@ class DataConfig:
         if not isinstance(self.data_dir, str) or not self.data_dir:
             raise ArgumentError("data_dir", self.data_dir, "a non-empty path")
         check_int("batch_size", self.batch_size)
+        if check_number("train_fraction", self.train_fraction, above=0) > 1:
+            raise ArgumentError(
+                "train_fraction", self.train_fraction, "a number in (0, 1]"
+            )
         check_int("num_workers", self.num_workers, minimum=0)
         for name in ("pin_memory", "random_horizontal_flip", "random_crop"):
             check_bool(name, getattr(self, name))
@@ -381,6 +388,18 @@ class DataConfig:
                 magnitude,
                 "an integer from 0 to 30 (RandAugment's bins)",
             )
+        if (self.mean is None) != (self.std is None):
+            given, missing = ("mean", "std") if self.std is None else ("std", "mean")
+            raise ArgumentError(missing, None, f"a list like {given} (both or neither)")
+        for name in ("mean", "std") if self.mean is not None else ():
+            value, channels = getattr(self, name), info.in_channels
+            if not isinstance(value, (tuple, list)) or len(value) != channels:
+                count = f"{channels} number" + "s" * (channels > 1)
+                raise ArgumentError(
+                    name, value, f"{count}, one per channel of {self.dataset!r}"
+                )
+            for c, v in enumerate(value):
+                check_number(f"{name}[{c}]", v, above=0 if name == "std" else None)
         grey = self.color_jitter and info.in_channels == 1
         for name in ("jit_saturation", "jit_hue") if grey else ():
             if getattr(self, name) != 0:  # torchvision would skip it silently
@@ -495,23 +514,45 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def train_size(config: DataConfig) -> int:
+    "Training images a run of `config` uses: `train_fraction` of the split, at least 1."
+    full = get_dataset_info(config.dataset).train_size
+    return max(1, round(full * config.train_fraction))
+
+
+def _subset(n: int, size: int) -> Tensor:
+    """`size` of `n` images, chosen at random but the same for every run (seed 0): a
+    smaller subset is part of every larger one. In file order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:size].sort()[
+        0
+    ]
+
+
 def build_dataloaders(
     config: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders of `config.dataset`.
 
-    Batches are float32 images [B, C, H, W], normalised with `DATASET_STATS`, and
-    int64 labels [B]. Only the training loader shuffles and augments; the same `seed`
-    gives the same batches. For distributed training, process `rank` of `world_size`
-    gets its share of each split (validation unpadded, so that summed metrics are
-    exact)."""
+    Batches are float32 images [B, C, H, W], normalised with `DATASET_STATS` (or the
+    config's `mean` and `std`), and int64 labels [B]; the training split is cut to
+    `train_fraction` (`train_size`). Only the training loader shuffles and augments;
+    the same `seed` gives the same batches. For distributed training, process `rank`
+    of `world_size` gets its share of each split (validation unpadded, so that summed
+    metrics are exact)."""
     config.validate()
     check_int("seed", seed, minimum=0)
     check_int("world_size", world_size)
     if not (isinstance(rank, int) and 0 <= rank < world_size):
         raise ArgumentError("rank", rank, f"an integer in [0, world_size={world_size})")
     (train_x, train_y), (val_x, val_y) = _load(config.dataset, config.data_dir)
-    mean, std = _dataset_stats(config.dataset, config.data_dir, train_x)
+    mean, std = (
+        _dataset_stats(config.dataset, config.data_dir, train_x)
+        if config.mean is None
+        else (list(config.mean), list(config.std))
+    )
+    if config.train_fraction < 1:  # the same images whatever the seed
+        keep = _subset(len(train_y), train_size(config))
+        train_x, train_y = train_x[keep], train_y[keep]
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     train_set = ImageTensorDataset(
         train_x, train_y, v2.Compose([*_augmentations(config), *to_float])

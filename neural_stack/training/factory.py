@@ -39,9 +39,10 @@ from neural_stack.validation import (
 )
 
 # %% auto #0
-__all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'ModelEntry', 'register_model', 'ModelConfig', 'build_model', 'build_vit',
-           'build_resnet18', 'parameter_groups', 'OptimizerConfig', 'build_optimizer', 'SchedulerConfig',
-           'build_scheduler', 'build_criterion']
+__all__ = ['MODELS', 'PRETRAINED', 'OPTIMIZERS', 'SCHEDULERS', 'ModelEntry', 'register_model', 'ModelConfig', 'build_model',
+           'build_vit', 'pretrained_name', 'pretrained_stats', 'PretrainedWeightsError', 'build_resnet18', 'build_cnn',
+           'parameter_groups', 'OptimizerConfig', 'build_optimizer', 'SchedulerConfig', 'build_scheduler',
+           'build_criterion']
 
 # %% ../../nbs/08_training_factory.ipynb #02205bb5
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ class ModelConfig(ViTConfig):
     pretrained: bool = False
 
     def validate(self) -> ModelConfig:
-        "Raise an `ArgumentError` naming the first field that cannot build the model."
+        """Raise an `ArgumentError` naming the first field that cannot build the model:
+        the fields every model reads, then the named model's own check."""
         size = self.img_size
         if isinstance(size, (tuple, list)):
             if len(size) != 2 or size[0] != size[1]:
@@ -94,17 +96,18 @@ class ModelConfig(ViTConfig):
                     "img_size", size, "an integer, or [h, w] with h == w"
                 )
             self.img_size = size[0]
-        super().validate()
+        check_int("img_size", self.img_size)
+        check_int("in_channels", self.in_channels)
         entry = MODELS[check_choice("name", self.name, MODELS)]
         check_choice("source", self.source, entry.sources)
-        if check_bool("pretrained", self.pretrained):
+        if check_bool("pretrained", self.pretrained) and self.source == "custom":
             raise ArgumentError(
                 "pretrained",
                 True,
-                "False: this release builds models with random weights",
+                "False with source='custom' (use 'timm' or 'torchvision')",
             )
         if entry.check is not None:
-            entry.check(self)
+            entry.check(self)  # the rest: each model checks the fields it reads
         return self
 
     def vit_config(self) -> ViTConfig:
@@ -117,8 +120,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     return MODELS[config.validate().name].build(config)
 
 # %% ../../nbs/08_training_factory.ipynb #0d20caf4
-def _check_vit_source(config: ModelConfig) -> None:
-    "Options that timm's or torchvision's Vision Transformer cannot build."
+def _check_vit(config: ModelConfig) -> None:
+    "The `ViTConfig` rules, and the options timm's or torchvision's ViT cannot build."
+    ViTConfig.validate(config)
     if config.source == "timm" and config.positional_embedding not in (
         "learned-1d",
         "none",
@@ -134,6 +138,7 @@ def _check_vit_source(config: ModelConfig) -> None:
             "use_cls_token": True,
             "in_channels": 3,
             "drop_path": 0.0,
+            "distillation_token": False,
         }
         for field, value in fixed.items():
             if getattr(config, field) != value:
@@ -142,25 +147,29 @@ def _check_vit_source(config: ModelConfig) -> None:
                     getattr(config, field),
                     f"{value!r} with source='torchvision'",
                 )
+    if config.pretrained:
+        pretrained_name(config)  # refused now, not after a download
 
 
-@register_model(
-    "vit", sources=("custom", "timm", "torchvision"), check=_check_vit_source
-)
+@register_model("vit", sources=("custom", "timm", "torchvision"), check=_check_vit)
 def build_vit(config: ModelConfig) -> VisionTransformer:
     "Our `VisionTransformer`, built directly or ported from timm's or torchvision's."
     c = config.vit_config()
     if config.source == "custom":
         return VisionTransformer.from_config(c)
+    if config.pretrained:
+        return _pretrained_vit(config)
     if config.source == "timm":
         try:
+            from timm.models.deit import VisionTransformerDistilled
             from timm.models.vision_transformer import VisionTransformer as TimmViT
         except ImportError as e:
             raise ImportError(
                 "source='timm' needs timm: pip install 'neural-stack[timm]'"
             ) from e
+        timm_class = VisionTransformerDistilled if c.distillation_token else TimmViT
         return from_timm(
-            TimmViT(
+            timm_class(
                 img_size=c.img_size,
                 patch_size=c.patch_size,
                 in_chans=c.in_channels,
@@ -192,6 +201,133 @@ def build_vit(config: ModelConfig) -> VisionTransformer:
         )
     )
 
+# %% ../../nbs/08_training_factory.ipynb #dda27d46
+# Architectures with published weights, by (embed_dim, num_layers, num_heads,
+# patch_size, distillation_token); all with mlp_ratio 4, learned 1-D positions, the
+# class token, 224 x 224 RGB images and 1,000 ImageNet classes.
+PRETRAINED = {
+    "timm": {
+        (192, 12, 3, 16, False): "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+        (384, 12, 6, 16, False): "vit_small_patch16_224.augreg_in21k_ft_in1k",
+        (768, 12, 12, 16, False): "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        (768, 12, 12, 32, False): "vit_base_patch32_224.augreg_in21k_ft_in1k",
+        (192, 12, 3, 16, True): "deit_tiny_distilled_patch16_224.fb_in1k",
+        (384, 12, 6, 16, True): "deit_small_distilled_patch16_224.fb_in1k",
+        (768, 12, 12, 16, True): "deit_base_distilled_patch16_224.fb_in1k",
+    },
+    "torchvision": {
+        (768, 12, 12, 16, False): "vit_b_16",
+        (768, 12, 12, 32, False): "vit_b_32",
+        (1024, 24, 16, 16, False): "vit_l_16",
+        (1024, 24, 16, 32, False): "vit_l_32",
+    },
+}
+
+
+def pretrained_name(config: ModelConfig) -> str:
+    "The published weights `config` asks for, by their library's name."
+    c, table = config, PRETRAINED.get(config.source, {})
+    key = (c.embed_dim, c.num_layers, c.num_heads, c.patch_size, c.distillation_token)
+    usual = (
+        c.mlp_ratio == 4.0
+        and c.positional_embedding == "learned-1d"
+        and c.use_cls_token is True
+    )
+    if key not in table or not usual:
+        known = "; ".join(
+            f"{name} (embed_dim={d}, num_layers={n}, num_heads={h}, patch_size={p}"
+            + (", distillation_token=True)" if t else ")")
+            for (d, n, h, p, t), name in table.items()
+        )
+        raise ArgumentError(
+            "pretrained",
+            True,
+            f"an architecture with published {c.source} weights, mlp_ratio=4.0, "
+            f"positional_embedding='learned-1d' and the class token: {known}",
+        )
+    return table[key]
+
+
+def pretrained_stats(config: ModelConfig) -> tuple[tuple[float, ...], ...]:
+    """The per-channel mean and standard deviation the published weights were
+    trained with; for one channel, their averages (exact when the channels agree)."""
+    name = pretrained_name(config)
+    if config.source == "timm":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        mean, std = cfg.mean, cfg.std
+    else:
+        transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        mean, std = transform.mean, transform.std
+    if config.in_channels == 1:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return tuple(mean), tuple(std)
+
+
+class PretrainedWeightsError(OSError):
+    "Published weights could neither be downloaded nor found in the local cache."
+
+
+def _download(source: str, name: str, load: Callable[[], nn.Module]) -> nn.Module:
+    try:
+        return load()
+    except OSError as error:  # no network, no cache: one clear message
+        raise PretrainedWeightsError(
+            f"model.pretrained=True: could not download {source}'s weights {name!r} "
+            f"({type(error).__name__}: {error}). They download once and load from "
+            "the cache after that (HF_HOME for timm, TORCH_HOME for torchvision): "
+            "connect this machine to the internet or copy a cache to it, or set "
+            "model.pretrained=false to start from random weights"
+        ) from error
+
+
+def _pretrained_vit(config: ModelConfig) -> VisionTransformer:
+    """Published weights ported to our ViT, at `config`'s image size (positions
+    resampled), channels and classes (a new head unless they are ImageNet's 1,000)."""
+    c, name = config.vit_config(), pretrained_name(config)
+    if config.source == "timm":
+        import timm
+
+        source = _download(
+            "timm",
+            name,
+            lambda: timm.create_model(
+                name,
+                pretrained=True,
+                img_size=c.img_size,
+                in_chans=c.in_channels,
+                num_classes=c.num_classes,
+                pos_drop_rate=c.dropout,
+                proj_drop_rate=c.dropout,
+                attn_drop_rate=c.attention_dropout,
+                drop_path_rate=c.drop_path,
+            ),
+        )
+        return from_timm(source)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    source = _download(
+        "torchvision",
+        name,
+        lambda: torchvision.models.get_model(
+            name,
+            weights=weights,
+            dropout=c.dropout,
+            attention_dropout=c.attention_dropout,
+        ),
+    )
+    ported = from_torchvision(source).resample(c.img_size)
+    model = VisionTransformer.from_config(c).train(ported.training)
+    keep_head = c.num_classes == ported.num_classes
+    state = {
+        k: v
+        for k, v in ported.state_dict().items()
+        if keep_head or not k.startswith("head.")
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing)
+    return model
+
 # %% ../../nbs/08_training_factory.ipynb #135e0a89
 def _check_resnet(config: ModelConfig) -> None:
     check_int("num_classes", config.num_classes)  # a ResNet always has its classifier
@@ -210,6 +346,37 @@ def build_resnet18(config: ModelConfig) -> nn.Module:
     model.maxpool = nn.Identity()
     return model
 
+# %% ../../nbs/08_training_factory.ipynb #2be2d94b
+def _check_cnn(config: ModelConfig) -> None:
+    check_int("num_classes", config.num_classes)
+    check_int("img_size", config.img_size, minimum=4)  # two 2 x 2 max-pools
+    check_int("embed_dim", config.embed_dim, minimum=2)
+    check_probability("dropout", config.dropout)
+
+
+@register_model("cnn", check=_check_cnn)
+def build_cnn(config: ModelConfig) -> nn.Module:
+    """A small VGG-style network: two stages of two 3x3 convolutions (batch norm, ReLU)
+    and a 2x2 max-pool, with `embed_dim // 2` then `embed_dim` channels; global average
+    pooling, dropout and a linear classifier."""
+    layers, channels = [], config.in_channels
+    for width in (config.embed_dim // 2, config.embed_dim):
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(
+        *layers,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(config.dropout),
+        nn.Linear(channels, config.num_classes),
+    )
+
 # %% ../../nbs/08_training_factory.ipynb #d3b576c4
 _NO_DECAY_MODULES = (
     nn.LayerNorm,
@@ -220,21 +387,35 @@ _NO_DECAY_MODULES = (
 )
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    "Trainable parameters in two optimiser groups: with `weight_decay`, and without."
-    decay, no_decay = [], []
+def parameter_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float = 1.0
+) -> list[dict]:
+    """Trainable parameters in optimiser groups, with `weight_decay` and without. With
+    `layer_decay` below 1 (a `VisionTransformer` only) also by depth, each group with
+    an `lr_scale` of layer_decay ** (its distance from the head), as BEiT fine-tunes."""
+    if layer_decay != 1 and not isinstance(model, VisionTransformer):
+        raise ArgumentError(
+            "layer_decay", layer_decay, "1.0 unless the model is a VisionTransformer"
+        )
+    top = len(model.blocks) + 1 if layer_decay != 1 else 0
+    groups: dict[tuple[int, bool], dict] = {}
     for module_name, module in model.named_modules():
         for name, p in module.named_parameters(prefix=module_name, recurse=False):
-            if p.requires_grad:
-                exempt = isinstance(module, _NO_DECAY_MODULES) or name.endswith(
-                    ("bias", "token")
-                )
-                (no_decay if exempt else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+            if not p.requires_grad:
+                continue
+            exempt = isinstance(module, _NO_DECAY_MODULES) or name.endswith(
+                ("bias", "token")
+            )
+            depth = model.parameter_depth(name) if top else 0
+            if (depth, exempt) not in groups:
+                groups[depth, exempt] = {
+                    "params": [],
+                    "weight_decay": 0.0 if exempt else weight_decay,
+                }
+                if top:
+                    groups[depth, exempt]["lr_scale"] = layer_decay ** (top - depth)
+            groups[depth, exempt]["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
 
 # %% ../../nbs/08_training_factory.ipynb #59524c8e
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -249,6 +430,7 @@ class OptimizerConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9
+    layer_decay: float = 1.0  # below 1: layer-wise learning rates for fine-tuning a ViT
 
     def __post_init__(self):
         self.validate()
@@ -263,13 +445,17 @@ class OptimizerConfig:
         for i, beta in enumerate(self.betas):
             check_probability(f"betas[{i}]", beta)
         check_number("momentum", self.momentum, at_least=0, below=1)
+        if check_number("layer_decay", self.layer_decay, above=0) > 1:
+            raise ArgumentError("layer_decay", self.layer_decay, "a number in (0, 1]")
         return self
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     "The optimiser `config` describes, over `model`'s trainable parameters."
     config.validate()
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(model, config.weight_decay, config.layer_decay)
+    for group in groups:
+        group["lr"] = config.lr * group.get("lr_scale", 1.0)
     if config.name == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     optimizer = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
