@@ -8,7 +8,7 @@ __all__ = ['DataConfig', 'build_dataloaders', 'get_dataset_info', 'DATASETS', 'D
            'build_criterion', 'TrainConfig', 'ConfigError', 'load_config', 'save_config', 'apply_overrides',
            'build_from_config', 'seed_everything', 'Trainer', 'TrainState', 'Callback', 'resolve_device',
            'PrintCallback', 'ProgressCallback', 'CheckpointCallback', 'EarlyStoppingCallback', 'CSVLogger',
-           'WandbCallback', 'Monitor']
+           'WandbCallback', 'Monitor', 'freeze', 'FreezeReport', 'DistillationTrainer', 'soft_distillation_loss']
 
 # %% ../../nbs/training.ipynb #270c6b0b
 from neural_stack.training.callbacks import (
@@ -48,6 +48,12 @@ from neural_stack.training.factory import (
     register_model,
 )
 from .trainer import Callback, Trainer, TrainState, resolve_device
+from neural_stack.training.transfer import (
+    DistillationTrainer,
+    FreezeReport,
+    freeze,
+    soft_distillation_loss,
+)
 
 _all_ = [
     "DataConfig",
@@ -82,4 +88,8 @@ _all_ = [
     "CSVLogger",
     "WandbCallback",
     "Monitor",
+    "freeze",
+    "FreezeReport",
+    "DistillationTrainer",
+    "soft_distillation_loss",
 ]
