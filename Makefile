@@ -48,8 +48,8 @@ sync-check: venv
 	fi; echo "sync gate passed"
 
 pytest: venv
-	@echo "== pytest tests/ (the browser test of the book runs in book-test, after the book is built)"
-	$(BIN)/python -m pytest tests/ --ignore=tests/test_book.py
+	@echo "== pytest tests/, two at a time (the browser test of the book runs in book-test, after the book is built)"
+	$(BIN)/python -m pytest tests/ --ignore=tests/test_book.py -n 2
 
 # Strict nbval: every cell re-executed and its outputs compared. Rounding errors compare by the bound the
 # chapter asserts (tests/nbval_sanitize.cfg); everything else digit for digit.
@@ -62,8 +62,8 @@ nbval: venv
 # The same chapters under a second CPU profile, one thread and generic (non-vectorised) kernels: an output
 # that holds only on the machine that wrote it fails here, not on a learner's laptop or in Colab.
 nbval-portable: venv
-	@echo "== pytest --nbval nbs/ under OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default"
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(NBVAL) -q
+	@echo "== pytest --nbval nbs/ under OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default, two chapters at a time"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(NBVAL) -q -n 2 --dist loadfile
 
 # The course book: nbs/ and course_docs/, configured in book/, built from the repository root so that
 # Sphinx sees both source folders; warnings are errors. Notebooks are rendered with their stored,
