@@ -49,7 +49,7 @@ sync-check: venv
 
 pytest: venv
 	@echo "== pytest tests/, two at a time (the browser test of the book runs in book-test, after the book is built)"
-	$(BIN)/python -m pytest tests/ --ignore=tests/test_book.py -n 2
+	$(BIN)/python -m pytest tests/ --ignore=tests/test_book.py -n 2 --dist worksteal
 
 # Strict nbval: every cell re-executed and its outputs compared. Rounding errors compare by the bound the
 # chapter asserts (tests/nbval_sanitize.cfg); everything else digit for digit.
