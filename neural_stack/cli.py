@@ -157,12 +157,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue the run that wrote CHECKPOINT (e.g. its last.pt)",
     )
+    runs_cmd = commands.add_parser(
+        "runs",
+        help="check the recorded runs against the code, or rebuild them",
+        description="Check the recorded runs in runs/ against the code (check: every "
+        "record's fingerprint, and the first epochs of a sample re-trained), or train "
+        "them again and record them anew (rebuild). Chapter 13 explains the records.",
+    )
+    runs_cmd.add_argument("action", choices=("check", "rebuild"))
+    runs_cmd.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="records, or folders of records, e.g. positions (default: check a "
+        "sample, rebuild all)",
+    )
+    runs_cmd.add_argument(
+        "--root", type=Path, default=Path("runs"), help="the records' folder (runs)"
+    )
+    runs_cmd.add_argument(
+        "--epochs", type=int, default=1, help="epochs that check re-trains (1)"
+    )
     return parser
 
-
+# %% ../nbs/12_training_cli.ipynb #46631268
 def main(argv: Sequence[str] | None = None) -> int:
-    "`neural-stack train CONFIG [key.path=value ...] [--resume FILE]`: exit status."
+    """`neural-stack train CONFIG [key.path=value ...] [--resume FILE]`, or
+    `neural-stack runs check|rebuild [NAME ...]`: the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "runs":
+        from neural_stack.experiments import (
+            runs_command,
+        )  # chapter 13 builds on this one
+
+        return runs_command(args)
     try:
         config = apply_overrides(load_config(args.config), args.overrides)
         init_distributed()  # under torchrun: join the other processes

@@ -89,12 +89,15 @@ def test_chapter_has_well_formed_exercises(path):
 def test_checks_fail_helpfully_on_the_stubs(path, tmp_path):
     # The learner's notebook runs in an empty folder, as in Colab: it needs the
     # installed package only. A chapter that runs the repository's recipes in
-    # configs/ (its Colab cell clones the repository for them) finds them beside it.
+    # configs/, or reads its recorded runs in runs/ (its Colab cell clones the
+    # repository for them), finds them beside it, and so reads the records instead
+    # of training the chapter's runs again.
     learner = exercises.learner_version(nbformat.read(path, as_version=4), path.name)
     folder = tmp_path / "exercises"
     folder.mkdir()
-    if any("../configs/" in cell.source for cell in learner.cells):
-        shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    for needed in ("configs", "runs"):
+        if any(f"../{needed}" in cell.source for cell in learner.cells):
+            shutil.copytree(ROOT / needed, tmp_path / needed)
     problems = failures_on_the_stubs(learner, folder)
     assert not problems, f"learner's version of {path.name}:\n" + "\n".join(problems)
 
