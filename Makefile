@@ -1,5 +1,6 @@
 # make test   create .venv if missing, install the project, run the sync gate, pytest and nbval
 # make book   build the Jupyter Book into book/_build/html (added by the book work)
+# make check-runs   verify the recorded runs in runs/; make runs [RUN=name]   train them again and record them
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -9,7 +10,7 @@ EXTRAS ?= dev,book,timm
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv export sync-check pytest nbval nbval-portable test bench clean book book-test exercises
+.PHONY: venv export sync-check pytest nbval nbval-portable check-runs runs test bench clean book book-test exercises
 
 venv: $(STAMP)
 
@@ -47,9 +48,11 @@ sync-check: venv
 	  exit 1; \
 	fi; echo "sync gate passed"
 
+# Two workers on one thread each: two processes of two OpenMP threads each on two cores spin-wait for
+# each other's cores, which made this step five times slower.
 pytest: venv
 	@echo "== pytest tests/, two at a time (the browser test of the book runs in book-test, after the book is built)"
-	$(BIN)/python -m pytest tests/ --ignore=tests/test_book.py -n 2 --dist worksteal
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/ --ignore=tests/test_book.py -n 2 --dist worksteal --durations=15
 
 # Strict nbval: every cell re-executed and its outputs compared. Rounding errors compare by the bound the
 # chapter asserts (tests/nbval_sanitize.cfg); everything else digit for digit.
@@ -57,7 +60,7 @@ NBVAL := $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-wi
 
 nbval: venv
 	@echo "== pytest --nbval nbs/ (strict output comparison)"
-	$(NBVAL) --junitxml=$(NBVAL_REPORT)
+	$(NBVAL) --junitxml=$(NBVAL_REPORT) --durations=10
 
 # The same chapters under a second CPU profile, one thread and generic (non-vectorised) kernels: an output
 # that holds only on the machine that wrote it fails here, not on a learner's laptop or in Colab.
@@ -80,7 +83,22 @@ book-test: book
 	@echo "== browser test of book/_build/html"
 	$(BIN)/python -m pytest tests/test_book.py
 
-test: sync-check pytest nbval nbval-portable book-test
+# The recorded runs in runs/ that the chapters read (chapter 13, recorded runs). check-runs: every record's
+# code fingerprint is current, and the first epoch of a sample re-trains to its record within TOLERANCE,
+# on this CPU's kernels and on the portable profile's. runs: train records again and record them anew, all
+# of them or RUN (a record or a folder of records, e.g. RUN=positions); then commit runs/.
+check-runs: venv
+	@echo "== neural-stack runs check (this CPU), then the same under the portable profile"
+	$(BIN)/neural-stack runs check
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(BIN)/neural-stack runs check
+
+runs: venv
+	$(BIN)/neural-stack runs rebuild $(RUN)
+
+# Every step, timed: the slowest are listed at the end (tools/steps.py; STEPS_REPORT=FILE keeps them as JSON).
+STEPS := venv sync-check check-runs pytest nbval nbval-portable book-test
+test:
+	@$(PYTHON) tools/steps.py $(if $(STEPS_REPORT),--report $(STEPS_REPORT)) $(STEPS)
 
 bench: venv
 	$(BIN)/python bench/attention.py
