@@ -17,12 +17,13 @@ def main(argv=None) -> int:
     parser.add_argument("targets", nargs="+", metavar="TARGET")
     parser.add_argument("--report", metavar="FILE", help="also write the times as JSON")
     args = parser.parse_args(argv)
-    times, status = {}, 0
+    times, status, failed = {}, 0, None
     for target in args.targets:
         start = time.perf_counter()
         status = subprocess.run(["make", "--no-print-directory", target]).returncode
         times[target] = time.perf_counter() - start
         if status:
+            failed = target
             break
     total = sum(times.values())
     print(f"\n== make test: steps by time ({total / 60:.1f} min in all)")
