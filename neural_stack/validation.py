@@ -6,7 +6,20 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Collection
+
+_SHORT = reprlib.Repr()  # Python 3.11's takes no arguments
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 60, 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 5
+
+
+def shorten(value: object, width: int = 60) -> str:
+    """`repr(value)`, cut to a few items per level, a few dozen characters per string
+    and `width` characters in all, so that an error message stays a line whatever the
+    value."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 class ArgumentError(ValueError):
@@ -15,17 +28,26 @@ class ArgumentError(ValueError):
 
     def __init__(self, field: str, value: object, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{field}={value!r}; expected {allowed}")
+        super().__init__(f"{field}={shorten(value)}; expected {allowed}")
 
 
-def check_int(field: str, value: object, minimum: int = 1) -> int:
-    "`value` if it is an `int` (not a `bool`) of at least `minimum`."
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ArgumentError(
-            field,
-            value,
-            "a positive integer" if minimum == 1 else f"an integer >= {minimum}",
-        )
+def check_int(
+    field: str, value: object, minimum: int = 1, maximum: int | None = None
+) -> int:
+    "`value` if it is an `int` (not a `bool`) of at least `minimum`, at most `maximum`."
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        if maximum is not None:
+            allowed = f"an integer from {minimum} to {maximum}"
+        else:
+            allowed = (
+                "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            )
+        raise ArgumentError(field, value, allowed)
     return value
 
 
@@ -95,4 +117,5 @@ def check_multiple(field: str, value: int, of_field: str, of_value: int) -> int:
     return value
 
 # %% auto #0
-__all__ = ['ArgumentError', 'check_int', 'check_number', 'check_probability', 'check_bool', 'check_choice', 'check_multiple']
+__all__ = ['shorten', 'ArgumentError', 'check_int', 'check_number', 'check_probability', 'check_bool', 'check_choice',
+           'check_multiple']
