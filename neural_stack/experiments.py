@@ -34,7 +34,7 @@ from torch import nn
 
 from fastcore.basics import patch
 
-from .cli import build_trainer, normalised_as_pretrained
+from .training.run import build_trainer, normalised_as_pretrained
 from neural_stack.training.config import (
     ConfigError,
     TrainConfig,
@@ -132,8 +132,8 @@ FINGERPRINTED = (
     "neural_stack.training.factory",
     "neural_stack.training.trainer",
     "neural_stack.training.transfer",
-    "neural_stack.cli:normalised_as_pretrained",
-    "neural_stack.cli:build_trainer",
+    "neural_stack.training.run:normalised_as_pretrained",
+    "neural_stack.training.run:build_trainer",
 )
 
 
@@ -261,12 +261,13 @@ def train_run(
     kwargs = {
         k: v.model if isinstance(v, Run) else v for k, v in trainer_kwargs.items()
     }
+    config = normalised_as_pretrained(config)  # as build_trainer runs it
     trainer = build_trainer(config, callbacks, trainer_class=trainer_class, **kwargs)
     start = time.perf_counter()
     history = trainer.fit()["history"]
     return Run(
         name=name,
-        config=trainer.config,
+        config=config,
         history=history,
         parameters=sum(p.numel() for p in trainer.model.parameters()),
         seconds=time.perf_counter() - start,

@@ -25,7 +25,7 @@ from neural_stack.training.callbacks import (
 from neural_stack.training.trainer import Callback, Trainer
 
 
-def make_trainer(callbacks, epochs=3, lr=1e-2, n=64, config=None):
+def make_trainer(callbacks, epochs=3, lr=1e-2, n=64, run_config=None):
     torch.manual_seed(0)
     model = VisionTransformer(
         img_size=8,
@@ -48,7 +48,7 @@ def make_trainer(callbacks, epochs=3, lr=1e-2, n=64, config=None):
         callbacks=callbacks,
         device="cpu",
         num_epochs=epochs,
-        config=config,
+        run_config=run_config,
     )
 
 
@@ -154,11 +154,9 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 def test_checkpoint_config_is_a_plain_dict(tmp_path):
     from neural_stack.training.config import TrainConfig, config_to_dict
 
-    config = TrainConfig()
-    make_trainer([CheckpointCallback(tmp_path)], epochs=1, config=config).fit()
-    assert torch.load(tmp_path / "last.pt", weights_only=True)[
-        "config"
-    ] == config_to_dict(config)
+    run_config = config_to_dict(TrainConfig())
+    make_trainer([CheckpointCallback(tmp_path)], epochs=1, run_config=run_config).fit()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["config"] == run_config
 
 
 def test_early_stopping_and_restoring_the_best_weights():
@@ -233,10 +231,12 @@ def test_wandb_logs_every_epoch(monkeypatch):
         init=lambda **kwargs: calls.append(("init", kwargs)) or Run()
     )
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    from neural_stack.training.config import TrainConfig
+    from neural_stack.training.config import TrainConfig, config_to_dict
 
     make_trainer(
-        [WandbCallback(project="p", name="run")], epochs=2, config=TrainConfig()
+        [WandbCallback(project="p", name="run")],
+        epochs=2,
+        run_config=config_to_dict(TrainConfig()),
     ).fit()
     assert (
         calls[0][0] == "init"

@@ -83,10 +83,10 @@ def test_no_yaml_tag_ever_executes(tmp_path):
     marker = tmp_path / "pwned"
     text = f"num_epochs: !!python/object/apply:os.system ['touch {marker}']\n"
     with pytest.raises(
-        ConfigError, match=r"not plain YAML \(tags are refused, never run\)"
+        ConfigError, match=r"config.yaml:1:13: .*\(YAML tags are refused, never run\)"
     ):
         load_config(write(tmp_path, text))
-    with pytest.raises(ConfigError, match="not plain YAML"):
+    with pytest.raises(ConfigError, match="YAML tags are refused, never run"):
         load_config(write(tmp_path, "model: !!python/name:os.system\n"))
     with pytest.raises(ConfigError):
         apply_overrides(
@@ -116,7 +116,7 @@ def test_no_yaml_tag_ever_executes(tmp_path):
             r"data.zzz: unknown key; the data section has: dataset, data_dir",
         ),
         ("model: 3\n", r"model=3; expected a mapping of field names to values"),
-        ("- 1\n- 2\n", r"config=\[1, 2\]; expected a mapping"),
+        ("- 1\n- 2\n", r"config.yaml=\[1, 2\]; expected a mapping"),
     ],
 )
 def test_unknown_keys_and_shapes(tmp_path, text, match):
@@ -148,7 +148,11 @@ def test_unknown_keys_and_shapes(tmp_path, text, match):
         ("grad_accum_steps=0", r"grad_accum_steps=0; expected a positive integer"),
         ("grad_clip_norm=0", r"grad_clip_norm=0.0; expected a finite number > 0"),
         ("data.batch_size=0", r"data.batch_size=0; expected a positive integer"),
-        ("seed=-1", r"seed=-1; expected an integer >= 0"),
+        ("seed=-1", r"seed=-1; expected an integer from 0 to 4294967295"),
+        (
+            "seed=18446744073709551616",
+            r"seed=18446744073709551616; expected an integer",
+        ),
         # unknown names
         (
             "optimizer.name=lamb",
@@ -205,14 +209,40 @@ def test_bad_values_name_the_dotted_path(override, match):
         apply_overrides(TrainConfig(), [override])
 
 
-def test_warmup_longer_than_the_run(tmp_path):
+def test_warmup_longer_than_the_run_says_how_to_fix_it(tmp_path):
     with pytest.raises(
         ConfigError,
-        match=r"scheduler.warmup_epochs=10.0; expected fewer than num_epochs=10",
+        match=r"scheduler.warmup_epochs=10.0; expected a warm-up shorter than the run: "
+        r"240 warm-up steps against its 240 optimizer steps \(24 per epoch\); lower "
+        r"scheduler.warmup_epochs or raise num_epochs",
     ):
         apply_overrides(
             TrainConfig(),
             ["scheduler.name=cosine_warmup", "scheduler.warmup_epochs=10"],
+        )
+    # warm-up counts in optimizer steps: with one step per epoch, 0.4 and 0.9 of an
+    # epoch are 0 and 1 steps, which a 10-epoch run builds and a 1-epoch run refuses
+    one_step = ["data.batch_size=4096", "scheduler.name=cosine_warmup"]
+    for fraction in (0.4, 0.9):
+        config = apply_overrides(
+            TrainConfig(), [*one_step, f"scheduler.warmup_epochs={fraction}"]
+        )
+        assert build_from_config(config)["scheduler"] is not None
+    with pytest.raises(
+        ConfigError, match=r"1 warm-up steps against its 1 optimizer steps"
+    ):
+        apply_overrides(
+            TrainConfig(), [*one_step, "scheduler.warmup_epochs=0.9", "num_epochs=1"]
+        )
+
+
+def test_layer_decay_is_refused_for_models_without_layers():
+    with pytest.raises(
+        ConfigError,
+        match=r"optimizer.layer_decay=0.7; expected 1.0 for model.name='resnet18'",
+    ):
+        apply_overrides(
+            TrainConfig(), ["model.name=resnet18", "optimizer.layer_decay=0.7"]
         )
 
 

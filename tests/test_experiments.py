@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from neural_stack.cli import build_trainer
+from neural_stack.training.run import build_trainer
 from neural_stack.experiments import summarise, sweep
 from neural_stack.training import (
     ConfigError,

@@ -26,9 +26,14 @@ from neural_stack.training import (
     build_from_config,
     TrainConfig,
 )
-from neural_stack.cli import build_trainer
+from neural_stack.training.run import build_trainer
 from neural_stack.training.config import config_to_dict
-from neural_stack.training.trainer import NonFiniteLossError, resume_conflicts
+from neural_stack.training.run import resume_conflicts, train
+from neural_stack.training.trainer import (
+    CheckpointError,
+    NonFiniteLossError,
+    save_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -102,11 +107,20 @@ def test_four_epochs_equal_two_plus_a_resumed_two_bit_for_bit(tmp_path):
 def test_resuming_with_another_model_fails_clearly(tmp_path):
     config = apply_overrides(TrainConfig(), ["num_epochs=1"])
     build_trainer(config, [CheckpointCallback(tmp_path)]).fit()
-    other = apply_overrides(config, ["model.embed_dim=96"])
+    other = apply_overrides(
+        config, ["model.embed_dim=96", f"checkpoint_dir={tmp_path / 'other'}"]
+    )
+    # the run layer compares the configurations before it builds or writes anything
     with pytest.raises(
         ConfigError,
         match=r"last.pt: it was written by a run with another configuration, and "
         r"resuming continues that same run: model.embed_dim: 64 there, 96 here$",
+    ):
+        train(other, resume_from=tmp_path / "last.pt")
+    assert not (tmp_path / "other").exists()
+    # the trainer, which knows no configuration, finds the weights do not fit
+    with pytest.raises(
+        CheckpointError, match=r"last.pt does not fit this run: .*cls_token"
     ):
         build_trainer(other, []).fit(resume_from=tmp_path / "last.pt")
 
@@ -160,9 +174,8 @@ def test_csv_rows_of_epochs_trained_again_are_dropped(tmp_path):
     ).fit()
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
     checkpoint["epoch"], checkpoint["history"] = 2, checkpoint["history"][:2]
-    torch.save(
-        checkpoint, tmp_path / "resume.pt"
-    )  # as if killed after epoch 3's row, before its checkpoint
+    # as if killed after epoch 3's row, before its checkpoint
+    save_checkpoint(checkpoint, tmp_path / "resume.pt")
     build_trainer(config, [CSVLogger(tmp_path / "metrics.csv")]).fit(
         resume_from=tmp_path / "resume.pt"
     )
@@ -286,7 +299,7 @@ def test_a_sigkilled_run_leaves_loadable_checkpoints_and_resumes(tmp_path):
     done = neural_stack(*args, "--resume", str(tmp_path / "last.pt"))
     assert done.returncode == 0, done.stderr
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 12
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == [
         "best.pt",
         "config.yaml",
         "last.pt",
@@ -337,7 +350,7 @@ def test_torchrun_with_two_cpu_processes_trains_writes_once_and_resumes(tmp_path
         done.stdout.count("done after 2 epochs") == 1
         and "in 2 processes" in done.stdout
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == [
         "best.pt",
         "config.yaml",
         "last.pt",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from neural_stack.cli import build_trainer, normalised_as_pretrained
+from neural_stack.training.run import build_trainer, normalised_as_pretrained
 from neural_stack.models import VisionTransformer
 from neural_stack.training import (
     Callback,

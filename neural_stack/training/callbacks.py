@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 from tqdm import tqdm
 
-from .config import atomic_open, config_to_dict
-from .trainer import Callback, TrainState
+from ..files import atomic_open
+from .trainer import Callback, TrainState, save_checkpoint
 from ..validation import ArgumentError, check_choice, check_int, check_number
 
 # %% auto #0
@@ -134,6 +133,7 @@ class CheckpointCallback(Callback):
         self.monitor = Monitor(monitor, mode)
         self.save_best = save_best
         self.save_every = check_int("save_every", save_every, minimum=0)
+        self.saved: dict[str, int] = {}  # each file written by this run, and its epoch
 
     def on_train_begin(self, state: TrainState) -> None:
         # a process killed while writing leaves its temporary file: clear them away
@@ -153,8 +153,8 @@ class CheckpointCallback(Callback):
             self._write(checkpoint, f"epoch_{epoch:03d}.pt")
 
     def _write(self, checkpoint: dict, name: str) -> None:
-        with atomic_open(self.dir / name, "wb") as f:
-            torch.save(checkpoint, f)
+        save_checkpoint(checkpoint, self.dir / name)
+        self.saved[name] = checkpoint["epoch"]
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.monitor.best}
@@ -281,11 +281,11 @@ class WandbCallback(Callback):
         )
 
     def on_train_begin(self, state: TrainState) -> None:
-        config = state.trainer.config
+        config = state.trainer.run_config
         self.run = self.wandb.init(
             project=self.project,
             **self.init_kwargs,
-            config=None if config is None else config_to_dict(config),
+            config=config,
         )
 
     def on_epoch_end(self, state: TrainState) -> None:

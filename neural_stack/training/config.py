@@ -8,21 +8,21 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import random
 import re
-import tempfile
 import typing
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
-from .data import DataConfig, get_dataset_info, train_size
+from neural_stack.training.data import (
+    DataConfig,
+    get_dataset_info,
+    seed_everything,
+    train_size,
+)
 from neural_stack.training.factory import (
     ModelConfig,
     OptimizerConfig,
@@ -39,11 +39,14 @@ from neural_stack.validation import (
     check_int,
     check_number,
     check_probability,
+    shorten,
 )
+from ..files import atomic_open
 
 # %% auto #0
-__all__ = ['DEVICE', 'AMP_DTYPES', 'MONITORED', 'ConfigError', 'TrainConfig', 'config_from_dict', 'config_to_dict', 'atomic_open',
-           'save_config', 'load_config', 'apply_overrides', 'seed_everything', 'steps_per_epoch', 'build_from_config']
+__all__ = ['DEVICE', 'AMP_DTYPES', 'MONITORED', 'MAX_STRING', 'MAX_ITEMS', 'MAX_CONFIG_BYTES', 'ConfigError', 'steps_per_epoch',
+           'TrainConfig', 'config_from_dict', 'config_to_dict', 'save_config', 'load_config', 'apply_overrides',
+           'build_from_config']
 
 # %% ../../nbs/09_training_config.ipynb #90671854
 class ConfigError(ValueError):
@@ -54,13 +57,23 @@ class ConfigError(ValueError):
     ):
         self.path, self.value, self.allowed = path, value, allowed
         super().__init__(
-            f"{path}: {reason}" if reason else f"{path}={value!r}; expected {allowed}"
+            f"{path}: {reason}"
+            if reason
+            else f"{path}={shorten(value)}; expected {allowed}"
         )
 
     @classmethod
     def from_argument(cls, error: ArgumentError, prefix: str = "") -> ConfigError:
         "The same error, its field put under `prefix` (`lr` in section `optimizer`)."
         return cls(prefix + error.field, error.value, error.allowed)
+
+# %% ../../nbs/09_training_config.ipynb #18951c97
+def steps_per_epoch(config: TrainConfig, world_size: int = 1) -> int:
+    "Optimiser steps per epoch: this process's batches, grouped by accumulation."
+    share = math.ceil(train_size(config.data) / world_size)
+    return math.ceil(
+        math.ceil(share / config.data.batch_size) / config.grad_accum_steps
+    )
 
 # %% ../../nbs/09_training_config.ipynb #a4ad3a9e
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -132,8 +145,9 @@ class TrainConfig:
     def _validate_run(self) -> None:
         for name in ("num_epochs", "log_every", "grad_accum_steps"):
             check_int(name, getattr(self, name))
-        for name in ("seed", "save_every", "early_stopping_patience"):
+        for name in ("save_every", "early_stopping_patience"):
             check_int(name, getattr(self, name), minimum=0)
+        check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)  # NumPy seeds' range
         for name in ("save_best", "use_amp"):
             check_bool(name, getattr(self, name))
         if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
@@ -162,16 +176,25 @@ class TrainConfig:
                     getattr(m, name),
                     f"{needed}, the {name} of dataset {info.name!r}",
                 )
-        s = self.scheduler
+        s, steps = self.scheduler, steps_per_epoch(self)
+        warmup = round(s.warmup_epochs * steps)  # as build_scheduler counts it
         if (
             s.name == "cosine_warmup"
             and s.T_max is None
-            and s.warmup_epochs >= self.num_epochs
+            and warmup >= self.num_epochs * steps
         ):
             raise ConfigError(
                 "scheduler.warmup_epochs",
                 s.warmup_epochs,
-                f"fewer than num_epochs={self.num_epochs}",
+                f"a warm-up shorter than the run: {warmup} warm-up steps against its "
+                f"{self.num_epochs * steps} optimizer steps ({steps} per epoch); "
+                "lower scheduler.warmup_epochs or raise num_epochs",
+            )
+        if self.optimizer.layer_decay != 1 and m.name != "vit":
+            raise ConfigError(
+                "optimizer.layer_decay",
+                self.optimizer.layer_decay,
+                f"1.0 for model.name={m.name!r}: layer-wise rates follow ViT blocks",
             )
         if s.eta_min > self.optimizer.lr:
             raise ConfigError(
@@ -181,6 +204,8 @@ class TrainConfig:
             )
 
 # %% ../../nbs/09_training_config.ipynb #7ee48f94
+# no field needs more: longer values are mistakes, and would go into every checkpoint
+MAX_STRING, MAX_ITEMS = 4096, 256
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -215,6 +240,10 @@ def _convert(kind: Any, value: object, path: str) -> object:
     "`value` as the annotated type `kind`, or a `ConfigError` naming `path`."
     if is_dataclass(kind):
         return config_from_dict(kind, value, path + ".")
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        raise ConfigError(path, value, f"a string of at most {MAX_STRING} characters")
+    if isinstance(value, (list, tuple)) and len(value) > MAX_ITEMS:
+        raise ConfigError(path, value, f"a list of at most {MAX_ITEMS} items")
     options = (
         typing.get_args(kind)
         if typing.get_origin(kind) in (typing.Union, _UnionType)
@@ -276,7 +305,7 @@ def _describe(kind: Any) -> str:
     }
     return names[kind]
 
-# %% ../../nbs/09_training_config.ipynb #f88824ea
+# %% ../../nbs/09_training_config.ipynb #6a4f3c0f
 def config_to_dict(config: Any) -> dict:
     "A configuration as plain values (tuples as lists), for YAML or checkpoints."
 
@@ -287,24 +316,7 @@ def config_to_dict(config: Any) -> dict:
 
     return plain(asdict(config))
 
-
-@contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    "Write a temporary file beside `path`, then move it onto `path`: never half a file."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+# %% ../../nbs/09_training_config.ipynb #0af8f118
 def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
     "Write `config` (validated first) as YAML to `path`, atomically; return the path."
     config.validate()
@@ -312,17 +324,74 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
         yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
     return Path(path)
 
+# %% ../../nbs/09_training_config.ipynb #e0cf2120
+class _StrictLoader(yaml.SafeLoader):
+    "`yaml.SafeLoader` that refuses a key given twice in one mapping."
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if (
+                key_node.tag == "tag:yaml.org,2002:merge"
+            ):  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {shorten(key)}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(where: str, error: yaml.YAMLError) -> ConfigError:
+    "A YAML error as a `ConfigError` at its file, line and column."
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        where += f":{mark.line + 1}:{mark.column + 1}"
+    problem = getattr(error, "problem", None) or str(error)
+    if "constructor for the tag" in problem:
+        problem += " (YAML tags are refused, never run)"
+    return ConfigError(where, reason=problem)
+
+
+def _parse_yaml(text: str, where: str) -> object:
+    "Plain values from YAML `text`, or a `ConfigError` naming `where`."
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise _yaml_error(where, e) from None
+    except RecursionError:
+        raise ConfigError(
+            where, reason="nested too deeply to be a configuration"
+        ) from None
+
+# %% ../../nbs/09_training_config.ipynb #422615c8
+MAX_CONFIG_BYTES = 1 << 20  # a configuration is a page of text; a megabyte is a mistake
+
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
     "Read a `TrainConfig` from a YAML file, a `ConfigError` says what is wrong."
     path = Path(path)
+    with path.open("rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), reason=f"larger than {MAX_CONFIG_BYTES:,} bytes")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ConfigError(
-            str(path), reason=f"not plain YAML (tags are refused, never run): {e}"
+            str(path),
+            reason=f"not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r})",
         ) from None
-    return config_from_dict(TrainConfig, {} if data is None else data)
+    data = _parse_yaml(text, str(path))
+    if data is None:
+        raise ConfigError(
+            str(path), reason="empty; write {} in it to train the defaults"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), data, "a mapping of field names to values")
+    return config_from_dict(TrainConfig, data)
 
 # %% ../../nbs/09_training_config.ipynb #bac61883
 def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainConfig:
@@ -334,12 +403,7 @@ def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainCon
             raise ConfigError(
                 assignment, reason="expected key.path=value, e.g. optimizer.lr=1e-3"
             )
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(
-                key, reason=f"the value {text!r} is not plain YAML: {e}"
-            ) from None
+        value = _parse_yaml(text, key.strip())  # as strictly as a file
         *parents, leaf = key.strip().split(".")
         node = data
         for i, part in enumerate(parents):
@@ -353,33 +417,19 @@ def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainCon
     return config_from_dict(TrainConfig, data)
 
 # %% ../../nbs/09_training_config.ipynb #a9a633fd
-def seed_everything(seed: int) -> None:
-    "Seed Python's, NumPy's and PyTorch's random number generators (all devices)."
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def steps_per_epoch(config: TrainConfig, world_size: int = 1) -> int:
-    "Optimiser steps per epoch: this process's batches, grouped by accumulation."
-    share = math.ceil(train_size(config.data) / world_size)
-    return math.ceil(
-        math.ceil(share / config.data.batch_size) / config.grad_accum_steps
-    )
-
-
 def build_from_config(config: TrainConfig, world_size: int = 1) -> dict[str, Any]:
     "The model, optimizer, scheduler and criterion of a run, seeded with `config.seed`."
     config.validate()
     seed_everything(config.seed)
-    model = build_model(config.model)
-    optimizer = build_optimizer(model, config.optimizer)
-    scheduler = build_scheduler(
-        optimizer,
-        config.scheduler,
-        config.num_epochs,
-        steps_per_epoch(config, world_size),
-    )
+    steps = steps_per_epoch(config, world_size)
+    try:
+        model = build_model(config.model)
+        optimizer = build_optimizer(model, config.optimizer)
+        scheduler = build_scheduler(
+            optimizer, config.scheduler, config.num_epochs, steps
+        )
+    except ArgumentError as e:  # a rule `validate` does not know of: still one line
+        raise ConfigError.from_argument(e) from None
     return {
         "model": model,
         "optimizer": optimizer,

@@ -29,7 +29,7 @@ from neural_stack.validation import (
 
 # %% auto #0
 __all__ = ['DATASETS', 'DATASET_STATS', 'DatasetInfo', 'get_dataset_info', 'DatasetNotAvailableError', 'DataConfig',
-           'build_augmentation', 'ImageTensorDataset', 'train_size', 'build_dataloaders']
+           'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size', 'build_dataloaders']
 
 # %% ../../nbs/07_training_data.ipynb #472536aa
 @dataclass(frozen=True)
@@ -505,6 +505,13 @@ class _SeededShuffle(Sampler):
         pairs = list(zip(order, seeds))
         pairs += pairs[: len(self) * self.world_size - self.size]
         return iter(pairs[self.rank :: self.world_size])
+
+
+def seed_everything(seed: int) -> None:
+    "Seed Python's, NumPy's and PyTorch's random number generators (all devices)."
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _seed_worker(worker_id: int) -> None:

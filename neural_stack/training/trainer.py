@@ -5,22 +5,27 @@
 # %% ../../nbs/10_training_trainer.ipynb #c41f1dd9
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .config import ConfigError, config_to_dict, seed_everything
+from ..files import atomic_open
+from .data import seed_everything
 from neural_stack.validation import (
     ArgumentError,
     check_bool,
@@ -30,8 +35,9 @@ from neural_stack.validation import (
 )
 
 # %% auto #0
-__all__ = ['AMP_DTYPES', 'RESUME_MAY_CHANGE', 'DeviceError', 'resolve_device', 'rng_state', 'set_rng_state', 'distributed_info',
-           'init_distributed', 'TrainState', 'Callback', 'resume_conflicts', 'NonFiniteLossError', 'Trainer']
+__all__ = ['AMP_DTYPES', 'CHECKPOINT_KEYS', 'DeviceError', 'resolve_device', 'rng_state', 'set_rng_state', 'distributed_info',
+           'init_distributed', 'TrainState', 'Callback', 'NonFiniteLossError', 'CheckpointError', 'Trainer', 'checksum',
+           'save_checkpoint', 'load_checkpoint']
 
 # %% ../../nbs/10_training_trainer.ipynb #9e46a8ae
 class DeviceError(RuntimeError):
@@ -172,60 +178,22 @@ class Callback:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         "Restore what `state_dict` returned."
 
-# %% ../../nbs/10_training_trainer.ipynb #5be4150c
+# %% ../../nbs/10_training_trainer.ipynb #7e57a2a1
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-# What a resumed run may change: where it runs, where it writes, how it reports.
-# Anything else would make the continued run a different one.
-RESUME_MAY_CHANGE = frozenset(
-    {
-        "device",
-        "checkpoint_dir",
-        "experiment_name",
-        "log_every",
-        "save_best",
-        "save_every",
-        "early_stopping_patience",
-        "data.data_dir",
-        "data.num_workers",
-        "data.pin_memory",
-    }
-)
-
-
-def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
-    "A nested configuration dictionary as {dotted.path: value}."
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def resume_conflicts(saved: dict, now: dict) -> list[str]:
-    """The differences between the configuration a checkpoint was written with and
-    the one resuming it that would change the run. `num_epochs` may change only
-    without a learning-rate schedule: a schedule is built for the run's length."""
-    saved, now = _dotted(saved), _dotted(now)
-    free = RESUME_MAY_CHANGE
-    if now.get("scheduler.name") == saved.get("scheduler.name") == "none":
-        free = free | {"num_epochs"}
-    return [
-        f"{key}: {saved.get(key)!r} there, {now.get(key)!r} here"
-        for key in sorted(saved.keys() | now.keys())
-        if key not in free and saved.get(key) != now.get(key)
-    ]
-
-
 class NonFiniteLossError(FloatingPointError):
-    "The training loss became NaN or infinite; the run stopped."
+    "The loss, a validation metric or the weights became NaN or infinite."
 
 
+class CheckpointError(ValueError):
+    "A file that is not a checkpoint of a run, or a damaged one; the message names it."
+
+# %% ../../nbs/10_training_trainer.ipynb #4c431780
 class Trainer:
-    "Trains `model` for `num_epochs` on `train_loader`, validating after each epoch."
+    """Trains `model` for `num_epochs` on `train_loader`, validating after each epoch.
+    `run_config` is the run's description as plain values (a dict), kept in every
+    checkpoint; the trainer never reads it."""
 
     def __init__(
         self,
@@ -244,13 +212,13 @@ class Trainer:
         grad_accum_steps: int = 1,
         log_every: int = 50,
         seed: int | None = None,
-        config: Any = None,
+        run_config: dict | None = None,
     ):
         self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.callbacks = sorted(callbacks, key=lambda c: getattr(c, "order", 0))
-        self.device_name, self.config = device, config
+        self.device_name = device
         self.num_epochs = check_int("num_epochs", num_epochs)
         self.use_amp = check_bool("use_amp", use_amp)
         self.amp_dtype = check_choice("amp_dtype", amp_dtype, AMP_DTYPES)
@@ -260,6 +228,11 @@ class Trainer:
         self.grad_accum_steps = check_int("grad_accum_steps", grad_accum_steps)
         self.log_every = check_int("log_every", log_every)
         self.seed = None if seed is None else check_int("seed", seed, minimum=0)
+        if run_config is not None and not isinstance(run_config, dict):
+            raise ArgumentError(
+                "run_config", run_config, "a dict of plain values, or None"
+            )
+        self.run_config = run_config
         for callback in self.callbacks:
             if not isinstance(callback, Callback):
                 raise ArgumentError("callbacks", callback, "Callback instances")
@@ -273,301 +246,434 @@ class Trainer:
         "Whether this is the process that prints and writes files (global rank 0)."
         return self.rank == 0
 
-    # ------------------------------------------------------------------ the run
-    def fit(self, resume_from: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Train, validating after every epoch; return the history and the final
-        metrics. `resume_from` continues the run a checkpoint was written by."""
-        self._prepare()
-        if resume_from is not None:
-            self.load_state_dict(
-                torch.load(resume_from, map_location=self.device, weights_only=True),
-                source=str(resume_from),
-            )
-        state = self.state
-        try:
-            self._call("on_train_begin")
-            for epoch in range(state.epoch, self.num_epochs):
-                state.epoch, state.batch = epoch, 0
-                self._call("on_epoch_begin")
-                start = time.perf_counter()
-                metrics = {"epoch": epoch + 1, **self._train_epoch()}
-                if self.val_loader is not None:
-                    metrics.update(self._validate())
-                metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-                metrics["seconds"] = time.perf_counter() - start
-                state.metrics = metrics
-                state.history.append(metrics)
-                self._rng = _gather(
-                    rng_state(), self.world_size
-                )  # every process takes part
-                self._call("on_epoch_end")
-                if state.should_stop:
-                    break
-        except BaseException as error:
-            self._call("on_train_failed", error)
-            raise
-        self._call("on_train_end")
-        return {
-            "history": state.history,
-            "final": state.history[-1],
-            "steps": state.step,
-            "stopped_early": len(state.history) < self.num_epochs,
-        }
-
-    def _prepare(self) -> None:
-        "Resolve device and precision, seed, move the model (and wrap it for DDP)."
-        self.device = resolve_device(self.device_name)
-        if self.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.local_rank)  # one GPU per process
-            torch.cuda.set_device(self.device)
-        if self.use_amp and self.amp_dtype == "float16" and self.device.type != "cuda":
-            raise DeviceError(
-                f"amp_dtype='float16' needs a CUDA device (loss scaling); "
-                f"on {self.device.type} use amp_dtype='bfloat16'"
-            )
-        if self.use_amp and self.amp_dtype == "float16":
-            self.scaler = torch.amp.GradScaler("cuda")
-        if self.seed is not None:
-            seed_everything(self.seed + self.rank)  # each process its own random stream
-        self.model.to(self.device)
-        if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.network = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids
-            )
-
-    def _train_epoch(self) -> dict[str, float]:
-        "One pass over the training data; sums stay on the device until the end."
-        self.model.train()
-        state = self.state
-        loss_sum, correct = torch.zeros((), device=self.device), None
-        norm_sum, norm_steps, count, window, micro = (
-            torch.zeros((), device=self.device),
-            0,
-            0,
-            0,
-            0,
-        )
-        unchecked: list[
-            tuple[Tensor, int, int]
-        ] = []  # losses not yet checked to be finite
-        batches = len(self.train_loader)
-        for i, batch in enumerate(self.train_loader):
-            state.batch = i
-            self._call("on_batch_begin")
-            out = self.train_step(batch)
-            unchecked.append((out["loss"], i, state.step))
-            loss_sum += out["loss"] * out["count"]
-            count += out["count"]
-            if out.get("correct") is not None:
-                correct = (
-                    out["correct"] if correct is None else correct + out["correct"]
-                )
-            window, micro = window + out["count"], micro + 1
-            if micro == self.grad_accum_steps or i == batches - 1:
-                norm = self._optimizer_step(window)
-                if norm is not None:
-                    norm_sum, norm_steps = norm_sum + norm, norm_steps + 1
-                window, micro = 0, 0
-            state.batch_output = out
-            if len(unchecked) == self.log_every or i == batches - 1:
-                self._check_finite(unchecked)  # one host sync per log_every batches
-                unchecked.clear()
-            self._call("on_batch_end")
-        loss_sum, correct_sum, total = self._sum(loss_sum, correct, count)
-        metrics = {"train/loss": loss_sum / total}
-        if correct is not None:
-            metrics["train/accuracy"] = correct_sum / total
-        if norm_steps:
-            metrics["train/grad_norm"] = (norm_sum / norm_steps).item()
-        return metrics
-
-    def _check_finite(self, losses: list[tuple[Tensor, int, int]]) -> None:
-        "Raise `NonFiniteLossError` at the first NaN or infinite loss among `losses`."
-        finite = torch.isfinite(torch.stack([loss for loss, _, _ in losses])).tolist()
-        if all(finite):
-            return
-        loss, batch, step = losses[finite.index(False)]
-        raise NonFiniteLossError(
-            f"the training loss became {loss.item()} at epoch {self.state.epoch + 1}, "
-            f"batch {batch + 1} (after {step} optimizer steps); the run stopped, "
-            "and its checkpoints keep the last finished epoch. Likely causes: a "
-            "learning rate too high, no gradient clipping (grad_clip_norm), float16 "
-            "overflow (use bfloat16), or NaN or infinite values in the data"
-        )
-
-    def _optimizer_step(self, samples: int) -> Tensor | None:
-        """Average the accumulated gradients per sample, clip, step; return the norm
-        before clipping."""
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        groups = self.optimizer.param_groups
-        params = [p for group in groups for p in group["params"] if p.grad is not None]
-        for p in params:
-            p.grad.div_(samples)  # the backward passes summed over samples
-        norm = None
-        if self.grad_clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+# %% ../../nbs/10_training_trainer.ipynb #3ab08a10
+@patch
+def fit(
+    self: Trainer, resume_from: str | os.PathLike | dict | None = None
+) -> dict[str, Any]:
+    """Train, validating after every epoch; return the history and the final metrics.
+    `resume_from`, a checkpoint file or one read with `load_checkpoint`, continues the
+    run that wrote it."""
+    self._prepare()
+    if resume_from is not None:
+        if isinstance(resume_from, dict):
+            self.load_state_dict(resume_from)
         else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-        self.state.step += 1
-        return norm
+            checkpoint = load_checkpoint(resume_from, map_location=self.device)
+            self.load_state_dict(checkpoint, source=str(resume_from))
+    state = self.state
+    try:
+        self._call("on_train_begin")
+        for epoch in range(state.epoch, self.num_epochs):
+            state.epoch, state.batch = epoch, 0
+            self._call("on_epoch_begin")
+            start = time.perf_counter()
+            metrics = {"epoch": epoch + 1, **self._train_epoch()}
+            if self.val_loader is not None:
+                metrics.update(self._validate())
+            self._check_epoch(metrics)  # before any callback can save the epoch
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            metrics["seconds"] = time.perf_counter() - start
+            state.metrics = metrics
+            state.history.append(metrics)
+            self._rng = _gather(rng_state(), self.world_size)  # every process joins
+            self._call("on_epoch_end")
+            if state.should_stop:
+                break
+    except BaseException as error:
+        self._call("on_train_failed", error)
+        raise
+    self._call("on_train_end")
+    return {
+        "history": state.history,
+        "final": state.history[-1],
+        "steps": state.step,
+        "stopped_early": len(state.history) < self.num_epochs,
+    }
 
-    def _validate(self) -> dict[str, float]:
-        "Loss and accuracy over the validation data, in eval mode, without gradients."
-        self.model.eval()
-        loss_sum, correct, count = torch.zeros((), device=self.device), None, 0
-        with torch.inference_mode(), self.autocast():
-            for batch in self.val_loader:
-                inputs, targets = self.unpack_batch(batch)
-                outputs = self.forward(inputs)
-                n = len(targets)
-                loss_sum += self.compute_loss(outputs, targets).float() * n
-                count += n
-                hits = self.count_correct(outputs, targets)
-                if hits is not None:
-                    correct = hits if correct is None else correct + hits
-        loss_sum, correct_sum, total = self._sum(loss_sum, correct, count)
-        metrics = {"val/loss": loss_sum / total}
-        if correct is not None:
-            metrics["val/accuracy"] = correct_sum / total
-        return metrics
+# %% ../../nbs/10_training_trainer.ipynb #5d68ead0
+@patch
+def _prepare(self: Trainer) -> None:
+    "Resolve device and precision, seed, move the model (and wrap it for DDP)."
+    self.device = resolve_device(self.device_name)
+    if self.world_size > 1 and self.device.type == "cuda":
+        self.device = torch.device("cuda", self.local_rank)  # one GPU per process
+        torch.cuda.set_device(self.device)
+    if self.use_amp and self.amp_dtype == "float16" and self.device.type != "cuda":
+        raise DeviceError(
+            f"amp_dtype='float16' needs a CUDA device (loss scaling); "
+            f"on {self.device.type} use amp_dtype='bfloat16'"
+        )
+    if self.use_amp and self.amp_dtype == "float16":
+        self.scaler = torch.amp.GradScaler("cuda")
+    if self.seed is not None:
+        seed_everything(self.seed + self.rank)  # each process its own random stream
+    self.model.to(self.device)
+    if self.world_size > 1:
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
-    def _sum(
-        self, loss_sum: Tensor, correct: Tensor | None, count: int
-    ) -> tuple[float, float, int]:
-        "Sums over all processes in one reduction, read once: (loss, correct, count)."
-        totals = torch.stack(
-            [
-                loss_sum.float(),
-                torch.as_tensor(
-                    0 if correct is None else correct, device=self.device
-                ).float(),
-                torch.tensor(float(count), device=self.device),
-            ]
-        ).double()
-        if self.world_size > 1:
-            dist.all_reduce(totals)
-        loss, hits, total = totals.tolist()
-        return loss, hits, int(total)
+# %% ../../nbs/10_training_trainer.ipynb #a956ed5b
+@patch
+def _train_epoch(self: Trainer) -> dict[str, float]:
+    "One pass over the training data; sums stay on the device until the end."
+    self.model.train()
+    state, batches = self.state, len(self.train_loader)
+    loss_sum, norm_sum = (
+        torch.zeros((), device=self.device),
+        torch.zeros((), device=self.device),
+    )
+    correct, norm_steps, count, window, micro = None, 0, 0, 0, 0
+    unchecked: list[tuple[Tensor, int, int]] = []  # losses not yet checked to be finite
+    for i, batch in enumerate(self.train_loader):
+        state.batch = i
+        self._call("on_batch_begin")
+        steps = micro + 1 == self.grad_accum_steps or i == batches - 1
+        # under DDP, gradients are averaged across processes only where a step uses them
+        quiet = not steps and self.network is not self.model
+        with self.network.no_sync() if quiet else nullcontext():
+            out = self.train_step(batch)
+        unchecked.append((out["loss"], i, state.step))
+        loss_sum += out["loss"] * out["count"]
+        count += out["count"]
+        if out.get("correct") is not None:
+            correct = out["correct"] if correct is None else correct + out["correct"]
+        window, micro = window + out["count"], micro + 1
+        if steps:
+            norm = self._optimizer_step(window)
+            if norm is not None:
+                norm_sum, norm_steps = norm_sum + norm, norm_steps + 1
+            window, micro = 0, 0
+        state.batch_output = out
+        if len(unchecked) == self.log_every or i == batches - 1:
+            self._check_finite(unchecked)  # one host sync per log_every batches
+            unchecked.clear()
+        self._call("on_batch_end")
+    loss_sum, correct_sum, total = self._sum(loss_sum, correct, count)
+    metrics = {"train/loss": loss_sum / total}
+    if correct is not None:
+        metrics["train/accuracy"] = correct_sum / total
+    if norm_steps:
+        metrics["train/grad_norm"] = (norm_sum / norm_steps).item()
+    return metrics
 
-    def _call(self, hook: str, *args: Any) -> None:
-        for callback in self.callbacks:
-            if self.is_main or not callback.main_process_only:
-                getattr(callback, hook)(self.state, *args)
+# %% ../../nbs/10_training_trainer.ipynb #1ae3efc8
+@patch
+def _optimizer_step(self: Trainer, samples: int) -> Tensor | None:
+    """Average the accumulated gradients per sample, clip, step; return the norm before
+    clipping."""
+    if self.scaler is not None:
+        self.scaler.unscale_(self.optimizer)
+    groups = self.optimizer.param_groups
+    params = [p for group in groups for p in group["params"] if p.grad is not None]
+    for p in params:
+        p.grad.div_(samples)  # the backward passes summed over samples
+    norm = None
+    if self.grad_clip_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
+    if self.scaler is not None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+    else:
+        self.optimizer.step()
+    self.optimizer.zero_grad(set_to_none=True)
+    if self.lr_scheduler is not None:
+        self.lr_scheduler.step()
+    self.state.step += 1
+    return norm
 
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """A checkpoint of the run so far, enough to continue it exactly: tensors and
-        plain values only, so that `torch.load(..., weights_only=True)` loads it."""
-        loader_rng = getattr(self.train_loader, "generator", None)
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None
-            if self.lr_scheduler is None
-            else self.lr_scheduler.state_dict(),
-            "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "epoch": self.state.epoch + 1,
-            "step": self.state.step,
-            "metrics": dict(self.state.metrics),
-            "history": list(self.state.history),
-            "config": None if self.config is None else config_to_dict(self.config),
-            "callbacks": {key: c.state_dict() for key, c in self._callback_keys()},
-            "rng": self._rng,  # every process's generators at the end of the epoch
-            "loader_rng": None if loader_rng is None else loader_rng.get_state(),
-        }
+# %% ../../nbs/10_training_trainer.ipynb #3fc4a61c
+@patch
+def _validate(self: Trainer) -> dict[str, float]:
+    "Loss and accuracy over the validation data, in eval mode, without gradients."
+    self.model.eval()
+    loss_sum, correct, count = torch.zeros((), device=self.device), None, 0
+    with torch.inference_mode(), self.autocast():
+        for batch in self.val_loader:
+            inputs, targets = self.unpack_batch(batch)
+            outputs = self.forward(inputs)
+            n = len(targets)
+            loss_sum += self.compute_loss(outputs, targets).float() * n
+            count += n
+            hits = self.count_correct(outputs, targets)
+            if hits is not None:
+                correct = hits if correct is None else correct + hits
+    loss_sum, correct_sum, total = self._sum(loss_sum, correct, count)
+    metrics = {"val/loss": loss_sum / total}
+    if correct is not None:
+        metrics["val/accuracy"] = correct_sum / total
+    return metrics
 
-    def load_state_dict(
-        self, checkpoint: dict[str, Any], source: str = "the checkpoint"
-    ) -> None:
-        "Continue the run `checkpoint` (from `state_dict`) was taken of."
-        saved = checkpoint.get("config")
-        if saved is not None and self.config is not None:
-            changed = resume_conflicts(saved, config_to_dict(self.config))
-            if changed:
-                raise ConfigError(
-                    source,
-                    reason="it was written by a run with another configuration, "
-                    "and resuming continues that same run: " + "; ".join(changed),
-                )
+
+@patch
+def _sum(
+    self: Trainer, loss_sum: Tensor, correct: Tensor | None, count: int
+) -> tuple[float, float, int]:
+    "Sums over all processes in one reduction, read once: (loss, correct, count)."
+    hits = torch.as_tensor(0 if correct is None else correct, device=self.device)
+    totals = torch.stack(
+        [loss_sum.float(), hits.float(), torch.tensor(float(count), device=self.device)]
+    ).double()
+    if self.world_size > 1:
+        dist.all_reduce(totals)
+    loss, hits, total = totals.tolist()
+    return loss, hits, int(total)
+
+# %% ../../nbs/10_training_trainer.ipynb #72999b76
+_CAUSES = (
+    "Likely causes: a learning rate too high, no gradient clipping (grad_clip_norm), "
+    "float16 overflow (use bfloat16), or NaN or infinite values in the data"
+)
+
+
+@patch
+def _check_finite(self: Trainer, losses: list[tuple[Tensor, int, int]]) -> None:
+    "Raise `NonFiniteLossError` at the first NaN or infinite loss among `losses`."
+    finite = torch.isfinite(torch.stack([loss for loss, _, _ in losses])).tolist()
+    if all(finite):
+        return
+    loss, batch, step = losses[finite.index(False)]
+    raise NonFiniteLossError(
+        f"the training loss became {loss.item()} at epoch {self.state.epoch + 1}, "
+        f"batch {batch + 1} (after {step} optimizer steps); the run stopped, and its "
+        f"checkpoints keep {self._last_clean()}. {_CAUSES}"
+    )
+
+
+@patch
+def _check_epoch(self: Trainer, metrics: dict[str, float]) -> None:
+    """Raise `NonFiniteLossError` if the epoch ends with a non-finite validation loss or
+    weight: the last step's update is seen by no training loss."""
+    bad = [k for k in ("val/loss",) if k in metrics and not math.isfinite(metrics[k])]
+    tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+    if tensors and not torch.stack([t.isfinite().all() for t in tensors]).all():
+        bad.append("weights")
+    if bad:
+        raise NonFiniteLossError(
+            f"epoch {self.state.epoch + 1} ended with non-finite {' and '.join(bad)}; "
+            f"the run stopped before anything of it was saved, and its checkpoints "
+            f"keep {self._last_clean()}. {_CAUSES}"
+        )
+
+
+@patch
+def _last_clean(self: Trainer) -> str:
+    "Which epoch the run's checkpoints hold, in words."
+    done = len(self.state.history)
+    return (
+        f"epoch {done}, the last finished one" if done else "nothing: no epoch finished"
+    )
+
+# %% ../../nbs/10_training_trainer.ipynb #d290bacf
+@patch
+def _call(self: Trainer, hook: str, *args: Any) -> None:
+    "Run `hook` of every callback that runs in this process, in order."
+    for callback in self.callbacks:
+        if self.is_main or not callback.main_process_only:
+            getattr(callback, hook)(self.state, *args)
+
+# %% ../../nbs/10_training_trainer.ipynb #52eadab3
+@patch
+def autocast(self: Trainer):
+    "The mixed-precision context of forward passes (a no-op without `use_amp`)."
+    if not self.use_amp:
+        return nullcontext()
+    return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp_dtype])
+
+
+@patch
+def unpack_batch(self: Trainer, batch: Any) -> tuple[Any, Tensor]:
+    "A loader's batch as (inputs, targets) on the trainer's device."
+    inputs, targets = batch
+    move = dict(device=self.device, non_blocking=True)
+    return inputs.to(**move), targets.to(**move)
+
+
+@patch
+def forward(self: Trainer, inputs: Any) -> Any:
+    "The model's outputs for `inputs` (through DistributedDataParallel when used)."
+    return self.network(inputs)
+
+
+@patch
+def compute_loss(self: Trainer, outputs: Any, targets: Tensor) -> Tensor:
+    "The loss of `outputs`, averaged over the batch."
+    return self.criterion(outputs, targets)
+
+
+@patch
+def count_correct(self: Trainer, outputs: Any, targets: Tensor) -> Tensor | None:
+    "Correct class predictions in the batch (a tensor), or None without classes."
+    if isinstance(outputs, Tensor) and outputs.dim() == 2 and targets.dim() == 1:
+        return (outputs.argmax(-1) == targets).sum()
+    return None
+
+
+@patch
+def train_step(self: Trainer, batch: Any) -> dict[str, Any]:
+    """Forward and backward for one batch; the gradients are the batch's sum (see
+    `_optimizer_step`)."""
+    inputs, targets = self.unpack_batch(batch)
+    with self.autocast():
+        outputs = self.forward(inputs)
+        loss = self.compute_loss(outputs, targets)
+    n = len(targets)
+    total = loss.float() * n
+    (self.scaler.scale(total) if self.scaler is not None else total).backward()
+    if isinstance(outputs, Tensor):
+        outputs = outputs.detach()
+    return {
+        "loss": loss.detach().float(),
+        "count": n,
+        "correct": self.count_correct(outputs, targets),
+    }
+
+# %% ../../nbs/10_training_trainer.ipynb #ef53b1f7
+@patch
+def state_dict(self: Trainer) -> dict[str, Any]:
+    """A checkpoint of the run so far, enough to continue it exactly: tensors and plain
+    values only, so that `torch.load(..., weights_only=True)` loads it."""
+    loader_rng = getattr(self.train_loader, "generator", None)
+    return {
+        "model": self.model.state_dict(),
+        "optimizer": self.optimizer.state_dict(),
+        "scheduler": None
+        if self.lr_scheduler is None
+        else self.lr_scheduler.state_dict(),
+        "scaler": None if self.scaler is None else self.scaler.state_dict(),
+        "epoch": self.state.epoch + 1,
+        "step": self.state.step,
+        "metrics": dict(self.state.metrics),
+        "history": list(self.state.history),
+        "config": self.run_config,
+        "callbacks": {key: c.state_dict() for key, c in self._callback_keys()},
+        "rng": self._rng,  # every process's generators at the end of the epoch
+        "loader_rng": None if loader_rng is None else loader_rng.get_state(),
+    }
+
+
+@patch
+def load_state_dict(
+    self: Trainer, checkpoint: dict[str, Any], source: str = "the checkpoint"
+) -> None:
+    """Continue the run `checkpoint` (from `state_dict`) was taken of; a checkpoint that
+    does not fit this trainer's model or optimiser is a `CheckpointError` naming
+    `source`."""
+    try:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         for part, name in ((self.lr_scheduler, "scheduler"), (self.scaler, "scaler")):
             if part is not None and checkpoint[name] is not None:
                 part.load_state_dict(checkpoint[name])
-        state = self.state
-        state.epoch, state.step = checkpoint["epoch"], checkpoint["step"]
-        state.metrics, state.history = (
-            dict(checkpoint["metrics"]),
-            list(checkpoint["history"]),
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        reason = " ".join(str(e).split())  # PyTorch lists every mismatch on lines
+        raise CheckpointError(
+            f"{source} does not fit this run: {reason[:300]}"
+        ) from None
+    state = self.state
+    state.epoch, state.step = checkpoint["epoch"], checkpoint["step"]
+    state.metrics, state.history = (
+        dict(checkpoint["metrics"]),
+        list(checkpoint["history"]),
+    )
+    for key, callback in self._callback_keys():
+        if key in checkpoint["callbacks"]:
+            callback.load_state_dict(checkpoint["callbacks"][key])
+    rngs = checkpoint["rng"]
+    set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
+    loader_rng = getattr(self.train_loader, "generator", None)
+    if loader_rng is not None and checkpoint["loader_rng"] is not None:
+        loader_rng.set_state(checkpoint["loader_rng"].cpu())
+
+
+@patch
+def _callback_keys(self: Trainer) -> list[tuple[str, Callback]]:
+    "Each callback with a key that finds it in a resumed run: its class, numbered."
+    seen: dict[str, int] = {}
+    keys = []
+    for callback in self.callbacks:
+        name = type(callback).__name__
+        seen[name] = seen.get(name, -1) + 1
+        keys.append((f"{name}:{seen[name]}", callback))
+    return keys
+
+# %% ../../nbs/10_training_trainer.ipynb #95d43eab
+def checksum(checkpoint: dict[str, Any]) -> str:
+    """The SHA-256 of a checkpoint's contents, every tensor's bytes and every plain
+    value, in order (its own `checksum` entry left out)."""
+    h = hashlib.sha256()
+
+    def feed(value: object) -> None:
+        if isinstance(value, Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                h.update(repr(key).encode())
+                feed(item)
+        elif isinstance(value, (list, tuple)):
+            h.update(f"{type(value).__name__}{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:  # numbers, strings, booleans, None
+            h.update(repr(value).encode())
+
+    feed({k: v for k, v in checkpoint.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
+    "Write `checkpoint` (a `Trainer.state_dict()`) atomically, with its `checksum`."
+    with atomic_open(path, "wb") as f:
+        torch.save({**checkpoint, "checksum": checksum(checkpoint)}, f)
+    return Path(path)
+
+# %% ../../nbs/10_training_trainer.ipynb #b1273981
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "history", "rng")
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Read a checkpoint that `save_checkpoint` wrote: tensors and plain values only
+    (`weights_only`), its keys present and its checksum right. Anything else is a
+    `CheckpointError` naming the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: {'not a file' if path.exists() else 'no such file'}"
         )
-        for key, callback in self._callback_keys():
-            if key in checkpoint["callbacks"]:
-                callback.load_state_dict(checkpoint["callbacks"][key])
-        rngs = checkpoint["rng"]
-        set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
-        loader_rng = getattr(self.train_loader, "generator", None)
-        if loader_rng is not None and checkpoint["loader_rng"] is not None:
-            loader_rng.set_state(checkpoint["loader_rng"].cpu())
-
-    def _callback_keys(self) -> list[tuple[str, Callback]]:
-        "Each callback with a key that finds it in a resumed run: its class, numbered."
-        seen: dict[str, int] = {}
-        keys = []
-        for callback in self.callbacks:
-            name = type(callback).__name__
-            seen[name] = seen.get(name, -1) + 1
-            keys.append((f"{name}:{seen[name]}", callback))
-        return keys
-
-    # ------------------------------------------------------------------ override points
-    def autocast(self):
-        "The mixed-precision context of forward passes (a no-op without `use_amp`)."
-        if not self.use_amp:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp_dtype])
-
-    def unpack_batch(self, batch: Any) -> tuple[Any, Tensor]:
-        "A loader's batch as (inputs, targets) on the trainer's device."
-        inputs, targets = batch
-        move = dict(device=self.device, non_blocking=True)
-        return inputs.to(**move), targets.to(**move)
-
-    def forward(self, inputs: Any) -> Any:
-        "The model's outputs for `inputs` (through DistributedDataParallel when used)."
-        return self.network(inputs)
-
-    def compute_loss(self, outputs: Any, targets: Tensor) -> Tensor:
-        "The loss of `outputs`, averaged over the batch."
-        return self.criterion(outputs, targets)
-
-    def count_correct(self, outputs: Any, targets: Tensor) -> Tensor | None:
-        "Correct class predictions in the batch (a tensor), or None without classes."
-        if isinstance(outputs, Tensor) and outputs.dim() == 2 and targets.dim() == 1:
-            return (outputs.argmax(-1) == targets).sum()
-        return None
-
-    def train_step(self, batch: Any) -> dict[str, Any]:
-        """Forward and backward for one batch; the gradients are the batch's sum (see
-        `_optimizer_step`)."""
-        inputs, targets = self.unpack_batch(batch)
-        with self.autocast():
-            outputs = self.forward(inputs)
-            loss = self.compute_loss(outputs, targets)
-        n = len(targets)
-        total = loss.float() * n
-        (self.scaler.scale(total) if self.scaler is not None else total).backward()
-        if isinstance(outputs, Tensor):
-            outputs = outputs.detach()
-        return {
-            "loss": loss.detach().float(),
-            "count": n,
-            "correct": self.count_correct(outputs, targets),
-        }
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line for line in str(e).splitlines() if "error" in line.lower()]
+        reason = lines[-1].strip() if lines else "unreadable"
+        raise CheckpointError(
+            f"{path}: not a checkpoint, or one holding more than tensors and plain "
+            f"values, which are never unpickled ({reason[:200]})"
+        ) from None
+    except Exception as e:  # torch.load raises many kinds of error on damaged files
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({reason[:200]})"
+        ) from None
+    missing = [
+        k
+        for k in CHECKPOINT_KEYS
+        if not isinstance(checkpoint, dict) or k not in checkpoint
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a training checkpoint (no {', '.join(missing)}); a model's "
+            "bare state_dict loads with model.load_state_dict"
+        )
+    if "checksum" not in checkpoint:
+        raise CheckpointError(
+            f"{path}: has no checksum, so its contents cannot be trusted"
+        )
+    if checksum(checkpoint) != checkpoint["checksum"]:
+        raise CheckpointError(
+            f"{path}: damaged: its contents do not match the checksum written with them"
+        )
+    return checkpoint

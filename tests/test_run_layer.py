@@ -1,0 +1,481 @@
+"""The run layer and the command around it: everything is checked before anything is
+written, run folders are never silently replaced, and every failure is one line with
+its exit status."""
+
+import errno
+import hashlib
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from neural_stack.cli import main
+from neural_stack.models import VisionTransformer
+from neural_stack.training import (
+    CheckpointCallback,
+    TrainConfig,
+    apply_overrides,
+    load_config,
+    save_config,
+)
+from neural_stack.training.run import dry_run, run_files, train
+from neural_stack.training.trainer import (
+    Callback,
+    CheckpointError,
+    NonFiniteLossError,
+    Trainer,
+    load_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = shutil.which("neural-stack", path=str(Path(sys.executable).parent))
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def digests(folder):
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run_files(folder)
+    }
+
+
+def one_line(status, stderr, expected_status=2):
+    lines = stderr.strip().splitlines()
+    assert status == expected_status, (status, stderr)
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def command(*args, **kwargs):
+    "`neural-stack ARGS` in a fresh process, on one thread."
+    return subprocess.run(
+        [SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+        timeout=600,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    "A finished one-epoch run of the digits, its configuration file and its folder."
+    root = tmp_path_factory.mktemp("finished")
+    config = apply_overrides(
+        TrainConfig(), ["num_epochs=1", f"checkpoint_dir={root / 'run'}"]
+    )
+    path = save_config(config, root / "digits.yaml")
+    train(config, progress=False)
+    return path, root / "run"
+
+
+# the command line
+
+
+def test_help_and_version_answer_without_torch():
+    probe = (
+        "import sys\n"
+        "from neural_stack.cli import main\n"
+        "for argv in (['--version'], ['train', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("neural-stack 0.") and out.endswith("False\n"), out
+    for section in ("model.*", "data.*", "optimizer.*", "scheduler.*", "num_epochs"):
+        assert section in out
+
+
+def test_print_config_prints_the_run_as_it_would_run(tmp_path, capsys):
+    path = save_config(TrainConfig(), tmp_path / "c.yaml")
+    os.chdir(tmp_path)
+    assert main(["train", str(path), "optimizer.lr=3e-4", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert yaml.safe_load(printed)["optimizer"]["lr"] == 3e-4
+    (tmp_path / "printed.yaml").write_text(printed)
+    assert load_config(tmp_path / "printed.yaml") == apply_overrides(
+        TrainConfig(), ["optimizer.lr=3e-4"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "printed.yaml"]
+
+
+def test_dry_run_builds_trains_one_batch_and_writes_nothing(tmp_path, capsys):
+    config = apply_overrides(TrainConfig(), [f"checkpoint_dir={tmp_path / 'run'}"])
+    report = dry_run(config)
+    assert report["parameters"] == sum(
+        p.numel() for p in VisionTransformer(**_model_kwargs(config)).parameters()
+    )
+    assert report["batch"] == (64, 1, 8, 8) and math.isfinite(report["loss"])
+    path = save_config(config, tmp_path / "c.yaml")
+    assert main(["train", str(path), "--dry-run"]) == 0
+    assert "dry run:" in capsys.readouterr().out and not (tmp_path / "run").exists()
+
+
+def _model_kwargs(config):
+    m = config.model
+    return dict(
+        img_size=m.img_size,
+        patch_size=m.patch_size,
+        in_channels=m.in_channels,
+        num_classes=m.num_classes,
+        embed_dim=m.embed_dim,
+        num_heads=m.num_heads,
+        num_layers=m.num_layers,
+        mlp_ratio=m.mlp_ratio,
+    )
+
+
+def test_nothing_is_announced_before_the_checks_pass(tmp_path, capsys):
+    path = save_config(TrainConfig(), tmp_path / "c.yaml")
+    assert main(["train", str(path), "device=cuda:99"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "cuda:99" in one_line(2, err)
+
+
+def test_readme_example_and_the_command_write_the_same_metrics(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    (example,) = [
+        b for b in blocks if "from neural_stack.training.run import train" in b
+    ]
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    by_python = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=tmp_path,
+        env=ONE_THREAD,
+        capture_output=True,
+    )
+    assert by_python.returncode == 0, by_python.stderr
+    overrides = re.search(r"apply_overrides\(config, \[(.*?)\]\)", example).group(1)
+    overrides = [o.strip().strip('"') for o in overrides.split(",")]
+    done = command(
+        "train",
+        "configs/vit_digits.yaml",
+        *overrides,
+        "checkpoint_dir=cli",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    python_dir = tmp_path / load_config(ROOT / "configs/vit_digits.yaml").checkpoint_dir
+    a, b = (
+        pd.read_csv(d / "metrics.csv").drop(columns="seconds")
+        for d in (python_dir, tmp_path / "cli")
+    )
+    assert len(a) == 4 and a.equals(b)
+
+
+# checkpoints
+
+
+def flip_a_weight_byte(source, target):
+    "Copy checkpoint `source` to `target` with one byte flipped in its largest tensor."
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as z:
+        entry = max(
+            (i for i in z.infolist() if "/data/" in i.filename),
+            key=lambda i: i.file_size,
+        )
+    header = entry.header_offset
+    name_len = int.from_bytes(data[header + 26 : header + 28], "little")
+    extra_len = int.from_bytes(data[header + 28 : header + 30], "little")
+    start = header + 30 + name_len + extra_len
+    data[start + entry.file_size // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_is_caught_and_named(finished, tmp_path):
+    flip_a_weight_byte(finished[1] / "last.pt", tmp_path / "flipped.pt")
+    with pytest.raises(
+        CheckpointError, match=r"flipped.pt: damaged: its contents do not match"
+    ):
+        load_checkpoint(tmp_path / "flipped.pt")
+    assert load_checkpoint(finished[1] / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (
+            lambda good, bad: bad.write_bytes(good.read_bytes()[:4000]),
+            "not a readable checkpoint",
+        ),
+        (lambda good, bad: bad.write_bytes(b""), "not a readable checkpoint"),
+        (lambda good, bad: bad.write_text("epoch: 3\n"), "not a readable checkpoint"),
+        (
+            lambda good, bad: torch.save(load_checkpoint(good)["model"], bad),
+            "not a training checkpoint .*model.load_state_dict",
+        ),
+        (flip_a_weight_byte, "damaged"),
+        (lambda good, bad: None, "no such file"),
+    ],
+    ids=["truncated", "empty", "text", "bare state_dict", "flipped byte", "missing"],
+)
+def test_bad_checkpoints_to_resume_are_one_line_and_exit_2(
+    finished, tmp_path, capsys, make, match
+):
+    path, folder = finished
+    bad = tmp_path / "bad.pt"
+    make(folder / "last.pt", bad)
+    out = tmp_path / "new"
+    status = main(["train", str(path), f"checkpoint_dir={out}", "--resume", str(bad)])
+    line = one_line(status, capsys.readouterr().err)
+    assert str(bad) in line and re.search(match, line), line
+    assert not out.exists()
+
+
+def test_resuming_another_models_checkpoint_is_refused(finished, tmp_path, capsys):
+    path, folder = finished
+    status = main(
+        [
+            "train",
+            str(path),
+            "model.embed_dim=96",
+            f"checkpoint_dir={tmp_path / 'new'}",
+            "--resume",
+            str(folder / "last.pt"),
+        ]
+    )
+    assert "model.embed_dim: 64 there, 96 here" in one_line(
+        status, capsys.readouterr().err
+    )
+
+
+class PoisonLastStep(Callback):
+    "Makes one weight NaN after the last batch of epoch 2, which no training loss sees."
+
+    def on_batch_end(self, state):
+        if state.epoch == 1 and state.batch == len(state.trainer.train_loader) - 1:
+            with torch.no_grad():
+                state.trainer.model.head.weight[0, 0] = math.nan
+
+
+def test_a_nan_weight_in_the_last_step_is_never_saved(tmp_path):
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=8,
+        patch_size=4,
+        in_channels=1,
+        num_classes=3,
+        embed_dim=16,
+        num_heads=2,
+        num_layers=1,
+    )
+    data = TensorDataset(torch.randn(64, 1, 8, 8), torch.randint(3, (64,)))
+    trainer = Trainer(
+        model,
+        torch.optim.AdamW(model.parameters()),
+        DataLoader(data, batch_size=16),
+        DataLoader(data, batch_size=32),
+        callbacks=[CheckpointCallback(tmp_path), PoisonLastStep()],
+        device="cpu",
+        num_epochs=3,
+    )
+    with pytest.raises(
+        NonFiniteLossError, match=r"epoch 2 ended with non-finite .*epoch 1"
+    ):
+        trainer.fit()
+    for name in ("last.pt", "best.pt"):
+        saved = load_checkpoint(tmp_path / name)
+        assert saved["epoch"] == 1
+        assert all(t.isfinite().all() for t in saved["model"].values())
+
+
+# configuration files
+
+
+# a YAML alias bomb under a known field: 9**9 zeros in 500 bytes
+LAYERS = ["&a [" + ", ".join("0" * 9) + "]"] + [
+    f"&{c} [" + ", ".join([f"*{b}"] * 9) + "]" for b, c in zip("abcdefgh", "bcdefghi")
+]
+ALIAS_BOMB = f"model:\n  embed_dim: [{', '.join(LAYERS)}]\n"
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("num_epochs: 3\nmodel: [1, 2\n", r"c.yaml:\d+:\d+: "),
+        ("", r"c.yaml: empty; write \{\} in it to train the defaults"),
+        ("- 1\n- 2\n", r"c.yaml=\[1, 2\]; expected a mapping"),
+        ("num_epochs: 3\nnum_epochs: 4\n", r"c.yaml:2:1: duplicate key 'num_epochs'"),
+        (b"experiment_name: caf\xe9\n", r"c.yaml: not UTF-8 text"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", r"c.yaml: nested too deeply"),
+        (
+            "seed: 18446744073709551616\n",
+            r"seed=18446744073709551616; expected an integer",
+        ),
+        (ALIAS_BOMB, r"model.embed_dim=\[\[0, 0, .*\.\.\.; expected an integer"),
+    ],
+    ids=[
+        "syntax",
+        "empty",
+        "list",
+        "duplicate",
+        "latin-1",
+        "deep",
+        "seed 2**64",
+        "alias bomb",
+    ],
+)
+def test_config_file_problems_are_one_short_line_and_exit_2(
+    tmp_path, capsys, text, match
+):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    line = one_line(main(["train", str(path)]), capsys.readouterr().err)
+    assert re.search(match, line) and len(line) < 400, line
+    assert "tag" not in line.lower() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "c.yaml"
+    ]
+
+
+# run folders
+
+
+def test_a_folder_that_holds_a_run_is_refused_unchanged(finished, capsys):
+    path, folder = finished
+    before = digests(folder)
+    line = one_line(main(["train", str(path)]), capsys.readouterr().err)
+    assert (
+        "holds a run already" in line and "--resume" in line and "--overwrite" in line
+    )
+    line = one_line(
+        main(["train", str(folder / "config.yaml")]), capsys.readouterr().err
+    )
+    assert "would overwrite the configuration being run" in line
+    assert digests(folder) == before
+
+
+def test_overwrite_replaces_the_run(tmp_path, capsys):
+    config = apply_overrides(
+        TrainConfig(), ["num_epochs=2", f"checkpoint_dir={tmp_path / 'run'}"]
+    )
+    path = save_config(config, tmp_path / "c.yaml")
+    train(config, progress=False)
+    (tmp_path / "run" / "epoch_007.pt").write_bytes(b"from an older run")
+    assert (
+        main(["train", str(path), "num_epochs=1", "--overwrite", "--no-progress"]) == 0
+    )
+    assert [p.name for p in run_files(tmp_path / "run")] == [
+        "best.pt",
+        "config.yaml",
+        "last.pt",
+        "metrics.csv",
+    ]
+    assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 1
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused_and_a_killed_one_leaves_no_lock(
+    tmp_path,
+):
+    config = apply_overrides(
+        TrainConfig(), ["num_epochs=50", f"checkpoint_dir={tmp_path / 'run'}"]
+    )
+    path = save_config(config, tmp_path / "c.yaml")
+    first = subprocess.Popen(
+        [SCRIPT, "train", str(path), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ONE_THREAD,
+    )
+    try:
+        assert (
+            "training vit on digits, 50 epochs" in first.stdout.readline()
+        )  # it holds the lock
+        before = digests(tmp_path / "run")
+        second = command("train", str(path), "--overwrite")
+        line = one_line(second.returncode, second.stderr)
+        assert f"is in use by another run (process {first.pid})" in line
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()  # SIGKILL: no chance to clean up
+        first.wait()
+    assert set(before) <= set(digests(tmp_path / "run"))
+    third = command("train", str(path), "num_epochs=1", "--overwrite", "--no-progress")
+    assert third.returncode == 0, third.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_stops_the_run_with_one_line_and_the_command_to_continue(
+    tmp_path, signum
+):
+    config = apply_overrides(
+        TrainConfig(), ["num_epochs=6", f"checkpoint_dir={tmp_path / 'run'}"]
+    )
+    path = save_config(config, tmp_path / "c.yaml")
+    run = subprocess.Popen(
+        [SCRIPT, "train", str(path), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ONE_THREAD,
+    )
+    last = tmp_path / "run" / "last.pt"
+    while run.poll() is None and not last.exists():
+        time.sleep(0.05)
+    run.send_signal(signum)
+    stderr = run.communicate(timeout=120)[1]
+    line = one_line(run.returncode, stderr, expected_status=128 + signum)
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}; {last} holds epoch" in line, line
+    again = shlex.split(line.split("continue with: ")[1])
+    assert again == [
+        "neural-stack",
+        "train",
+        str(path),
+        "--no-progress",
+        "--resume",
+        str(last),
+    ]
+    if signum == signal.SIGTERM:  # the printed command finishes the run
+        done = command(*again[1:])
+        assert done.returncode == 0 and "done after 6 epochs" in done.stdout, (
+            done.stderr
+        )
+
+
+def test_a_full_disk_names_the_file_and_the_last_good_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    config = apply_overrides(
+        TrainConfig(), ["num_epochs=3", f"checkpoint_dir={tmp_path / 'run'}"]
+    )
+    path = save_config(config, tmp_path / "c.yaml")
+    fsync, last = os.fsync, tmp_path / "run" / "last.pt"
+
+    def full_after_the_first_epoch(fd):
+        a_file = stat.S_ISREG(os.fstat(fd).st_mode)  # the folders still sync
+        if a_file and last.exists() and load_checkpoint(last)["epoch"] >= 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_after_the_first_epoch)
+    line = one_line(
+        main(["train", str(path), "--no-progress"]), capsys.readouterr().err
+    )
+    assert "No space left on device while writing " + str(tmp_path / "run") in line, (
+        line
+    )
+    assert f"{last} holds epoch 1" in line, line
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert load_checkpoint(last)["epoch"] == 1
