@@ -29,6 +29,7 @@ from neural_stack.training import (
     CheckpointCallback,
     TrainConfig,
     apply_overrides,
+    build_model,
     load_config,
     save_config,
 )
@@ -121,27 +122,12 @@ def test_print_config_prints_the_run_as_it_would_run(tmp_path, capsys):
 def test_dry_run_builds_trains_one_batch_and_writes_nothing(tmp_path, capsys):
     config = apply_overrides(TrainConfig(), [f"checkpoint_dir={tmp_path / 'run'}"])
     report = dry_run(config)
-    assert report["parameters"] == sum(
-        p.numel() for p in VisionTransformer(**_model_kwargs(config)).parameters()
-    )
+    model = build_model(config.model)
+    assert report["parameters"] == sum(p.numel() for p in model.parameters())
     assert report["batch"] == (64, 1, 8, 8) and math.isfinite(report["loss"])
     path = save_config(config, tmp_path / "c.yaml")
     assert main(["train", str(path), "--dry-run"]) == 0
     assert "dry run:" in capsys.readouterr().out and not (tmp_path / "run").exists()
-
-
-def _model_kwargs(config):
-    m = config.model
-    return dict(
-        img_size=m.img_size,
-        patch_size=m.patch_size,
-        in_channels=m.in_channels,
-        num_classes=m.num_classes,
-        embed_dim=m.embed_dim,
-        num_heads=m.num_heads,
-        num_layers=m.num_layers,
-        mlp_ratio=m.mlp_ratio,
-    )
 
 
 def test_nothing_is_announced_before_the_checks_pass(tmp_path, capsys):
@@ -384,20 +370,22 @@ def test_overwrite_replaces_the_run(tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 1
 
 
+def start_run(tmp_path, epochs, **pipes):
+    """`neural-stack train` of the digits for `epochs` into tmp_path/run, started in
+    the background on one thread; the process and its configuration file."""
+    config = apply_overrides(
+        TrainConfig(), [f"num_epochs={epochs}", f"checkpoint_dir={tmp_path / 'run'}"]
+    )
+    path = save_config(config, tmp_path / "c.yaml")
+    pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **pipes}
+    command = [SCRIPT, "train", str(path), "--no-progress"]
+    return subprocess.Popen(command, text=True, env=ONE_THREAD, **pipes), path
+
+
 def test_a_second_run_in_a_folder_in_use_is_refused_and_a_killed_one_leaves_no_lock(
     tmp_path,
 ):
-    config = apply_overrides(
-        TrainConfig(), ["num_epochs=50", f"checkpoint_dir={tmp_path / 'run'}"]
-    )
-    path = save_config(config, tmp_path / "c.yaml")
-    first = subprocess.Popen(
-        [SCRIPT, "train", str(path), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=ONE_THREAD,
-    )
+    first, path = start_run(tmp_path, 50, stdout=subprocess.PIPE)
     try:
         assert (
             "training vit on digits, 50 epochs" in first.stdout.readline()
@@ -419,17 +407,7 @@ def test_a_second_run_in_a_folder_in_use_is_refused_and_a_killed_one_leaves_no_l
 def test_a_signal_stops_the_run_with_one_line_and_the_command_to_continue(
     tmp_path, signum
 ):
-    config = apply_overrides(
-        TrainConfig(), ["num_epochs=6", f"checkpoint_dir={tmp_path / 'run'}"]
-    )
-    path = save_config(config, tmp_path / "c.yaml")
-    run = subprocess.Popen(
-        [SCRIPT, "train", str(path), "--no-progress"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ONE_THREAD,
-    )
+    run, path = start_run(tmp_path, 6, stderr=subprocess.PIPE)
     last = tmp_path / "run" / "last.pt"
     while run.poll() is None and not last.exists():
         time.sleep(0.05)
