@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 
@@ -17,30 +19,72 @@ from typing import IO
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Write a temporary file beside `path`, then move it onto `path`: never half a
     file. A failed write (a full disk) names the file and leaves what `path` held
-    before."""
+    before. Ctrl-C, SIGTERM or SIGHUP during the write takes effect once it is done."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename is None:
-            kept = "is unchanged" if path.exists() else "was not created"
-            reason = f"{error.strerror or error} while writing {path}, which {kept}"
-            raise (
-                OSError(error.errno, reason) if error.errno else OSError(reason)
-            ) from error
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:  # the rename itself survives a power cut once the folder is on disk
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    with deferred_signals():
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as error:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.filename is None:
+                kept = "is unchanged" if path.exists() else "was not created"
+                reason = f"{error.strerror or error} while writing {path}, which {kept}"
+                raise (
+                    OSError(error.errno, reason) if error.errno else OSError(reason)
+                ) from error
+            raise
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:  # the rename itself survives a power cut once the folder is on disk
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 # %% auto #0
-__all__ = ['atomic_open']
+__all__ = ['atomic_open', 'deferred_signals']
+
+# %% ../nbs/files.ipynb #50d25e3e
+# the signals that stop a run: Ctrl-C, a scheduler's stop or `kill`, a closed terminal
+_STOPS = tuple(
+    getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
+)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP while inside; on the way out, put their handlers
+    back and hand the first that came to its handler (later ones are dropped). Outside
+    the main thread of the main interpreter, where Python cannot set handlers, and for
+    a signal ignored or handled outside Python, nothing is held."""
+    held: list[tuple[int, FrameType | None]] = []
+    previous: dict[int, Callable | int] = {}
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append((signum, frame))
+
+    try:
+        for signum in _STOPS:
+            handler = signal.getsignal(signum)
+            if handler is None or handler == signal.SIG_IGN:
+                continue  # None: not set from Python, so it could not be put back
+            try:
+                previous[signum] = signal.signal(signum, hold)
+            except ValueError:  # not the main thread of the main interpreter
+                break
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signum, frame = held[0]
+            if callable(handler := previous[signum]):
+                handler(signum, frame)  # Python's SIGINT handler: KeyboardInterrupt
+            else:  # SIG_DFL: the signal's own effect, such as ending the process
+                signal.raise_signal(signum)

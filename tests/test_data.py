@@ -21,6 +21,7 @@ from neural_stack.training.data import (
     DATASET_STATS,
     DATASETS,
     DataConfig,
+    DatasetDamagedError,
     DatasetInfo,
     DatasetNotAvailableError,
     build_augmentation,
@@ -514,26 +515,34 @@ def fake_files(name, root, rng):
     return (train_x, train_y), (val_x, val_y)
 
 
-def trust_cifar_files(monkeypatch):
-    # CIFAR checks every file's md5 sum against the real dataset's: accept any file
-    import torchvision.datasets.cifar
+def trust_files(monkeypatch, name, root):
+    "Make torchvision's md5 sums of CIFAR's files those of the small files under root."
+    import hashlib
 
-    monkeypatch.setattr(
-        torchvision.datasets.cifar,
-        "check_integrity",
-        lambda fpath, md5=None: os.path.isfile(fpath),
-    )
+    import torchvision.datasets
+
+    if not name.startswith("cifar"):
+        return  # torchvision keeps no md5 sums of MNIST's extracted files
+    cls = getattr(torchvision.datasets, data._TORCHVISION[name][0])
+    folder = root / cls.base_folder
+
+    def md5(file):
+        return hashlib.md5((folder / file).read_bytes()).hexdigest()
+
+    for table in ("train_list", "test_list"):
+        monkeypatch.setattr(cls, table, [[f, md5(f)] for f, _ in getattr(cls, table)])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])})
 
 
 @pytest.mark.parametrize("name", DOWNLOADED)
 def test_torchvision_datasets_load_from_their_files_without_downloading(
     name, tmp_path, monkeypatch, no_download, fresh_stats
 ):
-    trust_cifar_files(monkeypatch)
     info = DATASETS[name]
     (train_x, train_y), (val_x, val_y) = fake_files(
         name, tmp_path, np.random.default_rng(0)
     )
+    trust_files(monkeypatch, name, tmp_path)
     config = DataConfig(
         dataset=name,
         data_dir=str(tmp_path),
@@ -581,6 +590,175 @@ def test_dataset_stats_of_a_missing_download_is_the_offline_error(
     message = str(e.value)
     assert f"data_dir='data' ({tmp_path / 'data'})" in message
     assert "cifar-10-batches-py/data_batch_1" in message
+
+
+# Downloaded datasets whose files are there but damaged: one error, never a download
+
+
+def damage(path, how):
+    "Spoil one of a dataset's files as a user might find it."
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:-7])
+    elif how == "random bytes":
+        path.write_bytes(np.random.default_rng(1).bytes(path.stat().st_size))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "text":  # an error page saved in place of the file
+        path.write_text("<html>404 Not Found</html>\n")
+    elif how == "folder":
+        path.unlink()
+        path.mkdir()
+    else:
+        assert how == "missing"
+        path.unlink()
+
+
+def expected_problem(name, how, file):
+    "What the error says of `file`, damaged as `how` says."
+    mnist = name in ("mnist", "fashion_mnist")
+    kind = "labels" if "labels" in file else "images"
+    if how in ("random bytes", "text"):
+        return (
+            f"is damaged (not an IDX file of uint8 {kind})"
+            if mnist
+            else "is damaged (md5 checksum "
+        )
+    return {
+        "truncated": "bytes where its header says"
+        if mnist
+        else "is damaged (md5 checksum ",
+        "empty": "is damaged (empty)",
+        "folder": "is damaged (not a file)",
+        "missing": "is missing",
+    }[how]
+
+
+HOWS = ["truncated", "random bytes", "empty", "text", "folder", "missing"]
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("name", DOWNLOADED)
+def test_a_damaged_file_is_one_error_naming_it(
+    name, how, tmp_path, monkeypatch, no_download, fresh_stats
+):
+    fake_files(name, tmp_path, np.random.default_rng(0))
+    trust_files(monkeypatch, name, tmp_path)  # every file intact but the damaged one
+    files = data._TORCHVISION[name][1]
+    file = files[1]  # CIFAR's data_batch_2 or test; MNIST's training labels
+    damage(tmp_path / file, how)
+    with pytest.raises(DatasetDamagedError) as e:
+        build_dataloaders(DataConfig(dataset=name, data_dir=str(tmp_path)))
+    error = e.value
+    assert isinstance(error, DatasetNotAvailableError)
+    assert (error.name, error.data_dir, error.files) == (name, str(tmp_path), files)
+    assert list(error.problems) == [file]
+    assert expected_problem(name, how, file) in error.problems[file]
+    message = str(error)
+    assert "\n" not in message
+    assert message.startswith(
+        f"dataset {name!r} in data_dir={str(tmp_path)!r} cannot be used: {file} "
+        + error.problems[file]
+        + f". Delete {tmp_path / file.split('/')[0]} and run again online"
+    )
+    assert message.endswith(
+        f"put the dataset's extracted files there: {', '.join(files)}."
+    )
+
+
+def test_truncated_idx_file_says_by_how_much(tmp_path, no_download, fresh_stats):
+    fake_files("mnist", tmp_path, np.random.default_rng(0))
+    file = data._TORCHVISION["mnist"][1][0]  # 12 images of 28 x 28
+    damage(tmp_path / file, "truncated")
+    with pytest.raises(DatasetDamagedError) as e:
+        build_dataloaders(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+    assert e.value.problems == {
+        file: "is damaged (9,417 bytes where its header says 9,424)"
+    }
+
+
+def test_cifar_files_with_other_md5_sums_than_torchvisions(
+    tmp_path, no_download, fresh_stats
+):
+    fake_files("cifar10", tmp_path, np.random.default_rng(0))
+    with pytest.raises(DatasetDamagedError) as e:
+        build_dataloaders(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
+    problems = e.value.problems
+    assert list(problems) == data._TORCHVISION["cifar10"][1]  # all seven
+    assert problems["cifar-10-batches-py/data_batch_1"].endswith(
+        ", expected c99cafc152244af753f735de768cd75f)"
+    )
+
+
+def test_an_unreadable_file(tmp_path, monkeypatch, no_download, fresh_stats):
+    import torchvision.datasets.utils
+
+    fake_files("cifar100", tmp_path, np.random.default_rng(0))
+
+    def calculate_md5(path, *args, **kwargs):  # as chmod 000 would, were tests not root
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torchvision.datasets.utils, "calculate_md5", calculate_md5)
+    with pytest.raises(DatasetDamagedError) as e:
+        build_dataloaders(DataConfig(dataset="cifar100", data_dir=str(tmp_path)))
+    assert (
+        e.value.problems["cifar-100-python/train"]
+        == "is unreadable (Permission denied)"
+    )
+
+
+def test_a_damaged_archive_is_named_too(tmp_path, no_download, fresh_stats):
+    # the archives torchvision downloads, which it would extract again offline
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b half a download")
+    with pytest.raises(DatasetDamagedError) as e:
+        build_dataloaders(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
+    problems = e.value.problems
+    assert problems.pop("cifar-10-python.tar.gz").startswith("is damaged (md5 checksum")
+    assert set(problems.values()) == {"is missing"}
+    assert f"Delete {tmp_path / 'cifar-10-python.tar.gz'} and run again" in str(e.value)
+
+
+def test_intact_archives_are_extracted_offline(
+    tmp_path, monkeypatch, no_download, fresh_stats
+):
+    import gzip
+    import hashlib
+
+    import torchvision.datasets
+
+    (train_x, _), _ = fake_files("mnist", tmp_path, np.random.default_rng(0))
+    resources = []
+    for file in data._TORCHVISION["mnist"][1]:
+        gz = (tmp_path / file).with_name((tmp_path / file).name + ".gz")
+        gz.write_bytes(gzip.compress((tmp_path / file).read_bytes()))
+        (tmp_path / file).unlink()
+        resources.append((gz.name, hashlib.md5(gz.read_bytes()).hexdigest()))
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
+    train, _ = build_dataloaders(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+    assert torch.equal(train.dataset.images, torch.from_numpy(train_x))
+
+
+def test_an_empty_dataset_folder_is_still_a_download(tmp_path, offline, fresh_stats):
+    # torchvision makes MNIST/raw before it downloads: an offline try leaves it empty
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    with pytest.raises(DatasetNotAvailableError) as e:
+        build_dataloaders(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+    assert type(e.value) is DatasetNotAvailableError
+    assert "Temporary failure in name resolution" in str(e.value)
+
+
+def test_cli_says_a_damaged_dataset_in_one_line(tmp_path, capsys, no_download):
+    from neural_stack.cli import main
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "data_batch_1").write_text("not a pickle\n")
+    argv = ["train", "configs/vit_cifar10.yaml", f"data.data_dir={tmp_path / 'data'}"]
+    assert main([*argv, f"checkpoint_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("neural-stack: error: dataset 'cifar10' in data_dir=")
+    assert "cifar-10-batches-py/data_batch_1 is damaged (md5 checksum" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_fraction_is_a_fixed_nested_subset():

@@ -28,8 +28,9 @@ from neural_stack.validation import (
 )
 
 # %% auto #0
-__all__ = ['DATASETS', 'DATASET_STATS', 'DatasetInfo', 'get_dataset_info', 'DatasetNotAvailableError', 'DataConfig',
-           'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size', 'build_dataloaders']
+__all__ = ['DATASETS', 'DATASET_STATS', 'DatasetInfo', 'get_dataset_info', 'DatasetNotAvailableError', 'DatasetDamagedError',
+           'DataConfig', 'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size',
+           'build_dataloaders']
 
 # %% ../../nbs/07_training_data.ipynb #472536aa
 @dataclass(frozen=True)
@@ -177,6 +178,14 @@ _TORCHVISION = {
 }
 
 
+def _where(data_dir: str) -> str:
+    "`data_dir` quoted, with its absolute path if it is relative."
+    where = repr(data_dir)
+    return (
+        where if os.path.isabs(data_dir) else f"{where} ({os.path.abspath(data_dir)})"
+    )
+
+
 class DatasetNotAvailableError(RuntimeError):
     "A dataset that must be downloaded is not in `data_dir`, and downloading it failed."
 
@@ -184,26 +193,122 @@ class DatasetNotAvailableError(RuntimeError):
         self, name: str, data_dir: str, files: list[str], cause: BaseException
     ):
         self.name, self.data_dir, self.files = name, data_dir, files
-        where = repr(data_dir)
-        if not os.path.isabs(data_dir):
-            where += f" ({os.path.abspath(data_dir)})"
         reason = type(cause).__name__
         if str(cause).strip():  # on one line: MNIST's lists every mirror it tried
             reason += ": " + " ".join(str(cause).split())
         message = (
-            f"dataset {name!r} is not in data_dir={where}, and downloading it failed"
-            f" ({reason}). This machine needs the internet once: torchvision then"
-            " saves the files in data_dir and reads them from there offline. Or copy"
-            f" them into data_dir from a machine that has them: {', '.join(files)}."
+            f"dataset {name!r} is not in data_dir={_where(data_dir)}, and downloading"
+            f" it failed ({reason}). This machine needs the internet once: torchvision"
+            " then saves the files in data_dir and reads them from there offline. Or"
+            " copy them into data_dir from a machine that has them: "
+            + ", ".join(files)
+            + "."
         )
         super().__init__(message)
 
+# %% ../../nbs/07_training_data.ipynb #8adaf0d1
+class DatasetDamagedError(DatasetNotAvailableError):
+    "A downloaded dataset's files are in `data_dir`, but some are missing or damaged."
 
+    def __init__(
+        self, name: str, data_dir: str, files: list[str], problems: dict[str, str]
+    ):
+        self.name, self.data_dir, self.files = name, data_dir, files
+        self.problems = problems  # file under data_dir -> what is wrong with it
+        root = os.path.abspath(data_dir)
+        tops = {os.path.join(root, f.split("/")[0]) for f in problems}
+        delete = sorted(filter(os.path.lexists, tops))  # its folder, an archive
+        message = (
+            f"dataset {name!r} in data_dir={_where(data_dir)} cannot be used: "
+            + "; ".join(f"{file} {what}" for file, what in problems.items())
+            + f". Delete {' and '.join(delete)}"
+            " and run again online to download it again, or put the dataset's"
+            f" extracted files there: {', '.join(files)}."
+        )
+        RuntimeError.__init__(self, message)  # not the parent's download message
+
+# %% ../../nbs/07_training_data.ipynb #6e44d19b
+_MISSING = "is missing"
+
+
+def _idx_problem(path: str, labels: bool) -> str | None:
+    "What is wrong with an IDX file of MNIST's: uint8 labels [N] or images [N, 28, 28]."
+    dims = 1 if labels else 3
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * dims)
+    shape = [int.from_bytes(header[i : i + 4], "big") for i in range(4, len(header), 4)]
+    if header[:4] != bytes([0, 0, 8, dims]) or len(shape) != dims:
+        return (
+            f"is damaged (not an IDX file of uint8 {'labels' if labels else 'images'})"
+        )
+    if not labels and shape[1:] != [28, 28]:
+        return f"is damaged (images of {shape[1]} x {shape[2]} pixels, not 28 x 28)"
+    size, expected = os.path.getsize(path), len(header) + math.prod(shape)
+    if size != expected:
+        return f"is damaged ({size:,} bytes where its header says {expected:,})"
+    return None
+
+
+def _file_problem(path: str, md5: str | None) -> str | None:
+    "What is wrong with one of a dataset's files: checked by its md5 sum if known."
+    from torchvision.datasets.utils import calculate_md5
+
+    if not os.path.lexists(path):
+        return _MISSING
+    try:
+        if not os.path.isfile(path):
+            return "is damaged (not a file)"
+        if os.path.getsize(path) == 0:
+            return "is damaged (empty)"
+        if md5 is None:
+            return _idx_problem(path, labels="labels" in os.path.basename(path))
+        if (found := calculate_md5(path)) != md5:
+            return f"is damaged (md5 checksum {found}, expected {md5})"
+    except OSError as e:
+        return f"is unreadable ({e.strerror or e})"
+    return None
+
+# %% ../../nbs/07_training_data.ipynb #9a111587
+def _damaged_files(name: str, data_dir: str) -> dict[str, str] | None:
+    """What is wrong with dataset `name`'s files in `data_dir`: file -> problem, empty
+    if nothing; None where none of them is there, so that torchvision downloads them."""
+    import torchvision.datasets
+
+    class_name, files = _TORCHVISION[name]
+    cls = getattr(torchvision.datasets, class_name)
+    if class_name.startswith("CIFAR"):  # torchvision knows every file's md5 sum
+        md5 = dict(cls.train_list + cls.test_list)
+        md5[cls.meta["filename"]] = cls.meta["md5"]
+        expected = {f: md5[f.split("/")[-1]] for f in files}
+        archives = {cls.filename: cls.tgz_md5}  # extracted into data_dir
+    else:  # only the md5 sums of the .gz archives, which extract into raw/
+        expected = dict.fromkeys(files)
+        archives = {f"{class_name}/raw/{f}": md5 for f, md5 in cls.resources}
+
+    def check(found: dict[str, str | None]) -> dict[str, str]:
+        problems = {
+            f: _file_problem(os.path.join(data_dir, f), md5) for f, md5 in found.items()
+        }
+        return {f: problem for f, problem in problems.items() if problem}
+
+    problems = check(expected)
+    if not problems:
+        return {}
+    archived = check(archives)
+    if not archived:
+        return {}  # torchvision extracts the archives again, offline
+    problems |= {f: problem for f, problem in archived.items() if problem != _MISSING}
+    none_there = set(problems.values()) == {_MISSING} and len(problems) == len(files)
+    return None if none_there else problems
+
+# %% ../../nbs/07_training_data.ipynb #33af1c60
 def _torchvision(name: str, data_dir: str) -> tuple[_Split, _Split]:
     "A torchvision dataset's official train and test splits, downloaded if missing."
     import torchvision.datasets
 
     class_name, files = _TORCHVISION[name]
+    if problems := _damaged_files(name, data_dir):  # never downloaded over files
+        raise DatasetDamagedError(name, data_dir, files, problems)
     splits = []
     for train in (True, False):
         try:  # download=True reads the files where they are, and downloads only if not
