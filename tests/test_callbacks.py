@@ -19,6 +19,8 @@ from neural_stack.training.callbacks import (
     EarlyStoppingCallback,
     Monitor,
     PrintCallback,
+    TensorBoardLogger,
+    format_duration,
     ProgressCallback,
     WandbCallback,
 )
@@ -200,12 +202,61 @@ def test_print_and_progress():
     make_trainer(
         [PrintCallback(file=lines), ProgressCallback(log_every=1, file=bars)], epochs=2
     ).fit()
-    printed = lines.getvalue().splitlines()
-    assert len(printed) == 2 and printed[0].startswith("epoch 1/2  loss ")
-    assert (
-        " / " in printed[0] and "accuracy " in printed[0] and printed[1].endswith(" s")
-    )
+    header, *rows = lines.getvalue().splitlines()
+    assert header.split() == [
+        "epoch", "train", "loss", "train", "acc", "val", "loss", "val", "acc",
+        "lr", "time", "eta",
+    ]  # fmt: skip
+    assert [row.split()[0] for row in rows] == ["1/2", "2/2"]
+    # the first row has a time left, the last none; every number under its label
+    assert rows[0].endswith(" s") and len(rows[0]) == len(header)
+    assert len(rows[1].split()) == len(rows[0].split()) - 2
     assert "epoch 2/2" in bars.getvalue() and "loss=" in bars.getvalue()
+    assert "run_eta=" in bars.getvalue()
+
+
+def test_tensorboard_logger_writes_scalars_and_purges_on_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    first = make_trainer([TensorBoardLogger(tmp_path)], epochs=3)
+    first.fit()
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in events.Scalars("val/accuracy")] == [1, 2, 3]
+    # a run resumed after epoch 1 trains epochs 2 and 3 again: their old events go
+    checkpoint = first.state_dict()
+    checkpoint["epoch"] = 1
+    again = make_trainer([TensorBoardLogger(tmp_path)], epochs=3)
+    again.load_state_dict(checkpoint)
+    again.fit()
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in events.Scalars("val/accuracy")] == [1, 2, 3]
+    # the resumed writer marks step 2 as restarted, which tells readers to drop the
+    # earlier events from step 2 on (TensorBoard's purge_step)
+    restarts = [
+        event.step
+        for path in sorted(tmp_path.glob("events.out.tfevents.*"))
+        for event in EventFileLoader(str(path)).Load()
+        if event.HasField("session_log") and event.session_log.status == 1  # START
+    ]
+    assert restarts == [2], restarts
+
+
+def test_tensorboard_is_optional_with_a_clear_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ImportError, match=r"pip install 'neural-stack\[tensorboard\]'"):
+        TensorBoardLogger("unused")
+
+
+@pytest.mark.parametrize(
+    "seconds, shown",
+    [(0.04, "0.0 s"), (9.9, "9.9 s"), (42.4, "42 s"), (185, "3 min 05 s"),
+     (7620, "2 h 07 min"), (math.nan, "?")],
+)  # fmt: skip
+def test_format_duration(seconds, shown):
+    assert format_duration(seconds) == shown
 
 
 def test_wandb_is_optional_with_a_clear_message(monkeypatch):

@@ -202,6 +202,13 @@ def test_unknown_keys_and_shapes(tmp_path, text, match):
             "scheduler.eta_min=1",
             r"scheduler.eta_min=1.0; expected at most optimizer.lr=0.001",
         ),
+        ("threads=0", r"threads=0; expected 'auto' or 1 to 1024"),
+        ("threads=fast", r"threads='fast'; expected 'auto' or 1 to 1024"),
+        ("loggers=[csv, csv]", r"loggers=\['csv', 'csv'\]; expected each logger at"),
+        (
+            "loggers=[tb]",
+            r"loggers='tb'; expected one of 'csv', 'tensorboard', 'wandb'",
+        ),
     ],
 )
 def test_bad_values_name_the_dotted_path(override, match):
@@ -234,6 +241,41 @@ def test_warmup_longer_than_the_run_says_how_to_fix_it(tmp_path):
         apply_overrides(
             TrainConfig(), [*one_step, "scheduler.warmup_epochs=0.9", "num_epochs=1"]
         )
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet18"])
+def test_batch_norm_never_gets_a_batch_of_one_image(model):
+    cnn = [f"model.name={model}", "model.embed_dim=16"]
+    # 750 training images in batches of 7 end with a batch of one
+    with pytest.raises(
+        ConfigError,
+        match=r"data.batch_size=7; expected a size that does not leave a last batch "
+        r"of one image: 750 training images in batches of 7 do.*; try 8",
+    ):
+        apply_overrides(
+            TrainConfig(), [*cnn, "data.train_fraction=0.5", "data.batch_size=7"]
+        )
+    with pytest.raises(ConfigError, match=r"data.train_fraction=1e-09; expected a "):
+        apply_overrides(TrainConfig(), [*cnn, "data.train_fraction=1e-9"])
+    # the suggested size trains every batch, and a ViT (layer norm) takes any size
+    config = apply_overrides(
+        TrainConfig(), [*cnn, "data.train_fraction=0.5", "data.batch_size=8"]
+    )
+    assert len(list(build_from_config(config))) == 4
+    apply_overrides(TrainConfig(), ["data.train_fraction=0.5", "data.batch_size=7"])
+
+
+def test_a_model_too_large_is_refused_before_anything_is_allocated():
+    config = apply_overrides(TrainConfig(), ["model.embed_dim=76800"])
+    with pytest.raises(
+        ConfigError, match=r"^model: [\d,]+ parameters, more than MAX_PARAMETERS"
+    ):
+        build_from_config(config)
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.num_layers=100000; expected an integer from 1 to 512",
+    ):
+        build_from_config(apply_overrides(TrainConfig(), ["model.num_layers=100000"]))
 
 
 def test_layer_decay_is_refused_for_models_without_layers():

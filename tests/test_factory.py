@@ -11,6 +11,10 @@ from torch import nn
 
 from neural_stack.models import VisionTransformer
 from neural_stack.training.factory import (
+    ModelTooLargeError,
+    check_model_size,
+    count_parameters,
+    parameter_limit,
     MODELS,
     ModelConfig,
     OptimizerConfig,
@@ -392,3 +396,35 @@ def test_cnn_is_a_small_vgg_style_network():
 def test_bad_cnn_sections(kwargs, match):
     with pytest.raises(ArgumentError, match=match):
         ModelConfig(name="cnn", **kwargs)
+
+
+def test_parameters_are_counted_on_the_meta_device_without_drawing_random_numbers():
+    vit_b = ModelConfig(
+        img_size=224,
+        patch_size=16,
+        embed_dim=768,
+        num_heads=12,
+        num_layers=12,
+        num_classes=1000,
+    )
+    for source in ("custom", "timm", "torchvision"):
+        vit_b.source = source
+        torch.manual_seed(0)
+        assert count_parameters(vit_b) == 86_567_656  # torchvision's and timm's count
+        after_count = torch.rand(3)
+        torch.manual_seed(0)
+        assert torch.equal(torch.rand(3), after_count), source
+
+
+def test_parameter_limit_raises_the_limit_in_its_block_only():
+    wide = ModelConfig(img_size=8, in_channels=1, embed_dim=256, num_heads=4)
+    count = check_model_size(wide)
+    with (
+        parameter_limit(count - 1),
+        pytest.raises(ModelTooLargeError, match=r"more than MAX_PARAMETERS="),
+    ):
+        build_model(wide)
+    assert check_model_size(wide) == count  # the default limit is back
+    with pytest.raises(ValueError, match=r"limit=0; expected a positive integer"):
+        with parameter_limit(0):
+            pass

@@ -9,7 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from neural_stack.models import VisionTransformer
-from neural_stack.training.trainer import Callback, DeviceError, Trainer, resolve_device
+from neural_stack.training.trainer import (
+    Callback,
+    DeviceError,
+    Trainer,
+    resolve_device,
+    resolve_threads,
+)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -361,6 +367,7 @@ def test_state_dict_loads_with_weights_only(tmp_path):
             dict(callbacks=[print]),
             r"callbacks=<built-in function print>; expected Callback instances",
         ),
+        (dict(num_threads=0), r"num_threads=0; expected a positive integer"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -369,6 +376,34 @@ def test_bad_arguments(kwargs, match):
         Trainer(
             model, torch.optim.SGD(model.parameters(), lr=0.1), loader(data()), **kwargs
         )
+
+
+def test_num_threads_hold_while_fitting_and_are_restored():
+    seen = []
+
+    class Threads(Callback):
+        def on_batch_end(self, state):
+            seen.append(torch.get_num_threads())
+
+    model, before = vit(), torch.get_num_threads()
+    Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loader(data(n=32)),
+        callbacks=[Threads()],
+        device="cpu",
+        num_threads=2,
+    ).fit()
+    assert set(seen) == {2} and torch.get_num_threads() == before
+
+
+def test_auto_threads_one_for_small_models_on_the_cpu_only():
+    small, large = nn.Linear(8, 8), nn.Linear(3000, 3000)
+    assert resolve_threads("auto", small, "cpu") == 1
+    assert resolve_threads("auto", large, "cpu") is None  # PyTorch's default
+    assert resolve_threads(3, large, "cpu") == 3
+    with pytest.raises(ValueError, match=r"threads='many'; expected a positive"):
+        resolve_threads("many", small, "cpu")
 
 
 @cuda

@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['DataConfig', 'build_dataloaders', 'get_dataset_info', 'DATASETS', 'DATASET_STATS', 'seed_everything', 'ModelConfig',
            'OptimizerConfig', 'SchedulerConfig', 'register_model', 'MODELS', 'build_model', 'build_optimizer',
-           'build_scheduler', 'build_criterion', 'TrainConfig', 'ConfigError', 'load_config', 'save_config',
-           'apply_overrides', 'build_from_config', 'Trainer', 'TrainState', 'Callback', 'resolve_device',
-           'save_checkpoint', 'load_checkpoint', 'CheckpointError', 'NonFiniteLossError', 'train', 'build_trainer',
-           'dry_run', 'RunFolderError', 'PrintCallback', 'ProgressCallback', 'CheckpointCallback',
-           'EarlyStoppingCallback', 'CSVLogger', 'WandbCallback', 'Monitor', 'freeze', 'FreezeReport',
-           'DistillationTrainer', 'soft_distillation_loss']
+           'build_scheduler', 'build_criterion', 'parameter_limit', 'TrainConfig', 'ConfigError', 'load_config',
+           'save_config', 'apply_overrides', 'build_from_config', 'Trainer', 'TrainState', 'Callback', 'resolve_device',
+           'resolve_threads', 'cpu_threads', 'save_checkpoint', 'load_checkpoint', 'CheckpointError',
+           'NonFiniteLossError', 'train', 'build_trainer', 'dry_run', 'RunFolderError', 'PrintCallback',
+           'ProgressCallback', 'CheckpointCallback', 'EarlyStoppingCallback', 'CSVLogger', 'TensorBoardLogger',
+           'WandbCallback', 'Monitor', 'freeze', 'FreezeReport', 'DistillationTrainer', 'soft_distillation_loss']
 
 # %% ../../nbs/training.ipynb #270c6b0b
 from neural_stack.training.callbacks import (
@@ -20,6 +20,7 @@ from neural_stack.training.callbacks import (
     Monitor,
     PrintCallback,
     ProgressCallback,
+    TensorBoardLogger,
     WandbCallback,
 )
 from neural_stack.training.config import (
@@ -47,6 +48,7 @@ from neural_stack.training.factory import (
     build_model,
     build_optimizer,
     build_scheduler,
+    parameter_limit,
     register_model,
 )
 from .run import RunFolderError, build_trainer, dry_run, train
@@ -56,8 +58,10 @@ from neural_stack.training.trainer import (
     NonFiniteLossError,
     Trainer,
     TrainState,
+    cpu_threads,
     load_checkpoint,
     resolve_device,
+    resolve_threads,
     save_checkpoint,
 )
 from neural_stack.training.transfer import (
@@ -83,6 +87,7 @@ _all_ = [
     "build_optimizer",
     "build_scheduler",
     "build_criterion",
+    "parameter_limit",
     "TrainConfig",
     "ConfigError",
     "load_config",
@@ -93,6 +98,8 @@ _all_ = [
     "TrainState",
     "Callback",
     "resolve_device",
+    "resolve_threads",
+    "cpu_threads",
     "save_checkpoint",
     "load_checkpoint",
     "CheckpointError",
@@ -106,6 +113,7 @@ _all_ = [
     "CheckpointCallback",
     "EarlyStoppingCallback",
     "CSVLogger",
+    "TensorBoardLogger",
     "WandbCallback",
     "Monitor",
     "freeze",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import math
 import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,8 +20,8 @@ from .trainer import Callback, TrainState, save_checkpoint
 from ..validation import ArgumentError, check_choice, check_int, check_number
 
 # %% auto #0
-__all__ = ['CSV_COLUMNS', 'Monitor', 'PrintCallback', 'ProgressCallback', 'CheckpointCallback', 'EarlyStoppingCallback',
-           'CSVLogger', 'WandbCallback']
+__all__ = ['CSV_COLUMNS', 'Monitor', 'format_duration', 'run_eta', 'PrintCallback', 'ProgressCallback', 'CheckpointCallback',
+           'EarlyStoppingCallback', 'CSVLogger', 'WandbCallback', 'TensorBoardLogger']
 
 # %% ../../nbs/11_training_callbacks.ipynb #13cf32e3
 class Monitor:
@@ -57,28 +59,64 @@ class Monitor:
             return True
         return False
 
+# %% ../../nbs/11_training_callbacks.ipynb #3814ed7d
+def format_duration(seconds: float) -> str:
+    "`seconds` for a person: '0.9 s', '42 s', '3 min 05 s', '2 h 07 min'."
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 9.95:
+        return f"{max(0.0, seconds):.1f} s"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def run_eta(elapsed: float, done: float, left: float) -> float:
+    "Seconds for `left` epochs, at the pace of `done` epochs in `elapsed` seconds."
+    return elapsed / done * left if done > 0 else math.nan
+
 # %% ../../nbs/11_training_callbacks.ipynb #43fe2b43
 class PrintCallback(Callback):
-    "A line per finished epoch: each metric as train / val, the rate and the time."
+    """A table of the run, a row per finished epoch: the training metrics, then the
+    validation metrics, each under its label, the learning rate, the epoch's time and
+    the time the run has left. The header comes with the first row."""
 
     main_process_only = True
+    SHORT = {"accuracy": "acc", "grad_norm": "grad norm"}
 
     def __init__(self, file: IO | None = None):
-        self.file = file
+        self.file, self.elapsed, self.epochs = file, 0.0, 0
 
     def on_epoch_end(self, state: TrainState) -> None:
         m = state.metrics
-        parts = [f"epoch {m['epoch']:>{len(str(state.num_epochs))}}/{state.num_epochs}"]
-        for name in dict.fromkeys(k.split("/", 1)[1] for k in m if "/" in k):
-            splits = [f"{split}/{name}" for split in ("train", "val")]
-            values = [f"{m[key]:.4f}" for key in splits if key in m]
-            parts.append(f"{name} " + " / ".join(values))
-        parts += [f"lr {m['lr']:.2e}", f"{m['seconds']:.1f} s"]
-        print("  ".join(parts), file=self.file or sys.stdout, flush=True)
+        self.elapsed, self.epochs = self.elapsed + m["seconds"], self.epochs + 1
+        left = state.num_epochs - m["epoch"]
+        eta = run_eta(self.elapsed, self.epochs, left) if left else None
+        row = {"epoch": f"{m['epoch']}/{state.num_epochs}"}
+        for split in ("train", "val"):
+            for key in (k for k in m if k.startswith(f"{split}/")):
+                name = key.split("/", 1)[1]
+                row[f"{split} {self.SHORT.get(name, name)}"] = f"{m[key]:.4f}"
+        row["lr"] = f"{m['lr']:.2e}"
+        row["time"] = format_duration(m["seconds"])
+        row["eta"] = "" if eta is None else format_duration(eta)
+        widths = [max(len(k), len(v), 5) for k, v in row.items()]
+        if self.epochs == 1:
+            self._print(row.keys(), widths)
+        self._print(row.values(), widths)
 
+    def _print(self, cells: Iterable[str], widths: list[int]) -> None:
+        line = "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+        print(line.rstrip(), file=self.file or sys.stdout, flush=True)
 
+# %% ../../nbs/11_training_callbacks.ipynb #22346904
 class ProgressCallback(Callback):
-    "A tqdm bar per epoch over its batches; the running loss every `log_every` steps."
+    """A tqdm bar per epoch over its batches, showing the running loss and the whole
+    run's ETA, both refreshed every `log_every` steps."""
 
     main_process_only = True
 
@@ -89,6 +127,10 @@ class ProgressCallback(Callback):
             None if log_every is None else check_int("log_every", log_every)
         )
         self.file, self.tqdm_kwargs, self.bar = file, tqdm_kwargs, None
+        self.start, self.first_epoch = 0.0, 0
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.start, self.first_epoch = time.perf_counter(), state.epoch
 
     def on_epoch_begin(self, state: TrainState) -> None:
         self.bar = tqdm(
@@ -103,7 +145,14 @@ class ProgressCallback(Callback):
         self.bar.update(1)
         # reading the loss waits for the device: every `log_every` steps, not every step
         if state.batch % (self.log_every or state.trainer.log_every) == 0:
-            self.bar.set_postfix(loss=f"{state.batch_output['loss'].item():.4f}")
+            within = (state.batch + 1) / self.bar.total
+            done = state.epoch - self.first_epoch + within
+            left = state.num_epochs - state.epoch - within
+            eta = run_eta(time.perf_counter() - self.start, done, left)
+            self.bar.set_postfix(
+                loss=f"{state.batch_output['loss'].item():.4f}",
+                run_eta=format_duration(eta),
+            )
 
     def on_epoch_end(self, state: TrainState) -> None:
         self.bar.close()
@@ -297,3 +346,42 @@ class WandbCallback(Callback):
     def on_train_failed(self, state: TrainState, error: BaseException) -> None:
         if self.run is not None:
             self.run.finish(exit_code=1)
+
+# %% ../../nbs/11_training_callbacks.ipynb #1fee7391
+class TensorBoardLogger(Callback):
+    """Writes each epoch's metrics as TensorBoard scalars into `log_dir`, at step =
+    epoch (`pip install tensorboard`)."""
+
+    main_process_only = True
+
+    def __init__(self, log_dir: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                "TensorBoardLogger needs tensorboard: pip install "
+                "'neural-stack[tensorboard]'"
+            ) from e
+        self.log_dir, self.writer_class, self.writer = (
+            Path(log_dir),
+            SummaryWriter,
+            None,
+        )
+
+    def on_train_begin(self, state: TrainState) -> None:
+        # a resumed run drops the events of the epochs it trains again
+        purge = state.epoch + 1 if state.epoch else None
+        self.writer = self.writer_class(str(self.log_dir), purge_step=purge)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        for key, value in state.metrics.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, global_step=state.metrics["epoch"])
+        self.writer.flush()
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.writer.close()
+
+    def on_train_failed(self, state: TrainState, error: BaseException) -> None:
+        if self.writer is not None:
+            self.writer.close()

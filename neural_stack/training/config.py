@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fastcore.basics import patch
 
 from neural_stack.training.data import (
     DataConfig,
@@ -24,7 +25,9 @@ from neural_stack.training.data import (
     train_size,
 )
 from neural_stack.training.factory import (
+    MODELS,
     ModelConfig,
+    ModelTooLargeError,
     OptimizerConfig,
     SchedulerConfig,
     build_criterion,
@@ -44,9 +47,9 @@ from neural_stack.validation import (
 from ..files import atomic_open
 
 # %% auto #0
-__all__ = ['DEVICE', 'AMP_DTYPES', 'MONITORED', 'MAX_STRING', 'MAX_ITEMS', 'MAX_CONFIG_BYTES', 'ConfigError', 'steps_per_epoch',
-           'TrainConfig', 'config_from_dict', 'config_to_dict', 'save_config', 'load_config', 'apply_overrides',
-           'build_from_config']
+__all__ = ['DEVICE', 'AMP_DTYPES', 'MONITORED', 'LOGGERS', 'MAX_THREADS', 'MAX_STRING', 'MAX_ITEMS', 'MAX_CONFIG_BYTES',
+           'ConfigError', 'steps_per_epoch', 'TrainConfig', 'config_from_dict', 'config_to_dict', 'save_config',
+           'load_config', 'apply_overrides', 'build_from_config']
 
 # %% ../../nbs/09_training_config.ipynb #90671854
 class ConfigError(ValueError):
@@ -79,6 +82,12 @@ def steps_per_epoch(config: TrainConfig, world_size: int = 1) -> int:
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 AMP_DTYPES = ("bfloat16", "float16")
 MONITORED = ("val/accuracy", "val/loss", "train/accuracy", "train/loss")
+LOGGERS = (
+    "csv",
+    "tensorboard",
+    "wandb",
+)  # metrics.csv, SummaryWriter, Weights & Biases
+MAX_THREADS = 1024
 
 
 def _digits_vit() -> ModelConfig:
@@ -116,6 +125,8 @@ class TrainConfig:
     monitor: str = "val/accuracy"  # the metric that decides the best checkpoint
     early_stopping_patience: int = 0  # epochs without improvement; 0: off
     experiment_name: str = "vit"
+    threads: int | str = "auto"  # CPU threads; "auto": one for small models
+    loggers: tuple[str, ...] = ("csv",)  # where metrics go, of LOGGERS
 
     def __post_init__(self):
         self.validate()
@@ -142,66 +153,111 @@ class TrainConfig:
         self._validate_whole()
         return self
 
-    def _validate_run(self) -> None:
-        for name in ("num_epochs", "log_every", "grad_accum_steps"):
-            check_int(name, getattr(self, name))
-        for name in ("save_every", "early_stopping_patience"):
-            check_int(name, getattr(self, name), minimum=0)
-        check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)  # NumPy seeds' range
-        for name in ("save_best", "use_amp"):
-            check_bool(name, getattr(self, name))
-        if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
-            raise ArgumentError(
-                "device", self.device, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-            )
-        check_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
-        if self.grad_clip_norm is not None:
-            check_number("grad_clip_norm", self.grad_clip_norm, above=0)
-        check_probability("label_smoothing", self.label_smoothing)
-        check_choice("monitor", self.monitor, MONITORED)
-        for name in ("checkpoint_dir", "experiment_name"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ArgumentError(name, getattr(self, name), "a non-empty string")
+# %% ../../nbs/09_training_config.ipynb #c3521bdd
+@patch
+def _validate_run(self: TrainConfig) -> None:
+    "The run's own fields, each alone; `ArgumentError` names the first that cannot run."
+    for name in ("num_epochs", "log_every", "grad_accum_steps"):
+        check_int(name, getattr(self, name))
+    for name in ("save_every", "early_stopping_patience"):
+        check_int(name, getattr(self, name), minimum=0)
+    check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)  # NumPy seeds' range
+    for name in ("save_best", "use_amp"):
+        check_bool(name, getattr(self, name))
+    if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
+        raise ArgumentError(
+            "device", self.device, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        )
+    check_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
+    if self.grad_clip_norm is not None:
+        check_number("grad_clip_norm", self.grad_clip_norm, above=0)
+    check_probability("label_smoothing", self.label_smoothing)
+    check_choice("monitor", self.monitor, MONITORED)
+    for name in ("checkpoint_dir", "experiment_name"):
+        if not isinstance(getattr(self, name), str) or not getattr(self, name):
+            raise ArgumentError(name, getattr(self, name), "a non-empty string")
+    threads = self.threads
+    if threads != "auto" and (
+        isinstance(threads, bool)
+        or not isinstance(threads, int)
+        or not 1 <= threads <= MAX_THREADS
+    ):
+        raise ArgumentError("threads", threads, f"'auto' or 1 to {MAX_THREADS}")
+    if not isinstance(self.loggers, tuple):
+        raise ArgumentError("loggers", self.loggers, f"a list of {LOGGERS}")
+    for logger in self.loggers:
+        check_choice("loggers", logger, LOGGERS)
+    if len(set(self.loggers)) != len(self.loggers):
+        raise ArgumentError("loggers", list(self.loggers), "each logger at most once")
 
-    def _validate_whole(self) -> None:
-        info, m = get_dataset_info(self.data.dataset), self.model
-        for name, needed in (
-            ("img_size", info.img_size),
-            ("in_channels", info.in_channels),
-            ("num_classes", info.num_classes),
-        ):
-            if getattr(m, name) != needed:
-                raise ConfigError(
-                    f"model.{name}",
-                    getattr(m, name),
-                    f"{needed}, the {name} of dataset {info.name!r}",
-                )
-        s, steps = self.scheduler, steps_per_epoch(self)
-        warmup = round(s.warmup_epochs * steps)  # as build_scheduler counts it
-        if (
-            s.name == "cosine_warmup"
-            and s.T_max is None
-            and warmup >= self.num_epochs * steps
-        ):
+# %% ../../nbs/09_training_config.ipynb #064f6393
+@patch
+def _validate_whole(self: TrainConfig) -> None:
+    "What only the sections together can check; a `ConfigError` naming the field."
+    info, m = get_dataset_info(self.data.dataset), self.model
+    for name, needed in (
+        ("img_size", info.img_size),
+        ("in_channels", info.in_channels),
+        ("num_classes", info.num_classes),
+    ):
+        if getattr(m, name) != needed:
             raise ConfigError(
-                "scheduler.warmup_epochs",
-                s.warmup_epochs,
-                f"a warm-up shorter than the run: {warmup} warm-up steps against its "
-                f"{self.num_epochs * steps} optimizer steps ({steps} per epoch); "
-                "lower scheduler.warmup_epochs or raise num_epochs",
+                f"model.{name}",
+                getattr(m, name),
+                f"{needed}, the {name} of dataset {info.name!r}",
             )
-        if self.optimizer.layer_decay != 1 and m.name != "vit":
-            raise ConfigError(
-                "optimizer.layer_decay",
-                self.optimizer.layer_decay,
-                f"1.0 for model.name={m.name!r}: layer-wise rates follow ViT blocks",
-            )
-        if s.eta_min > self.optimizer.lr:
-            raise ConfigError(
-                "scheduler.eta_min",
-                s.eta_min,
-                f"at most optimizer.lr={self.optimizer.lr}",
-            )
+    s, steps = self.scheduler, steps_per_epoch(self)
+    warmup = round(s.warmup_epochs * steps)  # as build_scheduler counts it
+    if (
+        s.name == "cosine_warmup"
+        and s.T_max is None
+        and warmup >= self.num_epochs * steps
+    ):
+        raise ConfigError(
+            "scheduler.warmup_epochs",
+            s.warmup_epochs,
+            f"a warm-up shorter than the run: {warmup} warm-up steps against its "
+            f"{self.num_epochs * steps} optimizer steps ({steps} per epoch); "
+            "lower scheduler.warmup_epochs or raise num_epochs",
+        )
+    if self.optimizer.layer_decay != 1 and m.name != "vit":
+        raise ConfigError(
+            "optimizer.layer_decay",
+            self.optimizer.layer_decay,
+            f"1.0 for model.name={m.name!r}: layer-wise rates follow ViT blocks",
+        )
+    if s.eta_min > self.optimizer.lr:
+        raise ConfigError(
+            "scheduler.eta_min",
+            s.eta_min,
+            f"at most optimizer.lr={self.optimizer.lr}",
+        )
+    self._validate_batches()
+
+# %% ../../nbs/09_training_config.ipynb #50e3d5b6
+@patch
+def _validate_batches(self: TrainConfig) -> None:
+    """Batch norm cannot train on a batch of one image (its variance is undefined):
+    refuse a model with it whose epoch would end with such a batch."""
+    if not MODELS[self.model.name].batch_norm:
+        return
+    images, size = train_size(self.data), self.data.batch_size
+    if images == 1:
+        raise ConfigError(
+            "data.train_fraction",
+            self.data.train_fraction,
+            f"a fraction that keeps at least 2 training images for "
+            f"model.name={self.model.name!r}, whose batch norm cannot train on one",
+        )
+    if images % size == 1:
+        better = next(b for b in range(size + 1, images + 1) if images % b != 1)
+        raise ConfigError(
+            "data.batch_size",
+            size,
+            f"a size that does not leave a last batch of one image: {images} training "
+            f"images in batches of {size} do, and the batch norm of "
+            f"model.name={self.model.name!r} cannot train on one; try {better}",
+        )
 
 # %% ../../nbs/09_training_config.ipynb #7ee48f94
 # no field needs more: longer values are mistakes, and would go into every checkpoint
@@ -424,6 +480,11 @@ def build_from_config(config: TrainConfig, world_size: int = 1) -> dict[str, Any
     steps = steps_per_epoch(config, world_size)
     try:
         model = build_model(config.model)
+    except ModelTooLargeError as e:
+        raise ConfigError("model", reason=str(e)) from None
+    except ArgumentError as e:  # a rule `validate` does not know of: still one line
+        raise ConfigError.from_argument(e, "model.") from None
+    try:
         optimizer = build_optimizer(model, config.optimizer)
         scheduler = build_scheduler(
             optimizer, config.scheduler, config.num_epochs, steps

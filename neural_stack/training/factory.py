@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torchvision
@@ -39,19 +40,22 @@ from neural_stack.validation import (
 )
 
 # %% auto #0
-__all__ = ['MODELS', 'PRETRAINED', 'OPTIMIZERS', 'SCHEDULERS', 'ModelEntry', 'register_model', 'ModelConfig', 'build_model',
-           'build_vit', 'pretrained_name', 'pretrained_stats', 'PretrainedWeightsError', 'build_resnet18', 'build_cnn',
-           'parameter_groups', 'OptimizerConfig', 'build_optimizer', 'SchedulerConfig', 'build_scheduler',
-           'build_criterion']
+__all__ = ['MODELS', 'MAX_PARAMETERS', 'MAX_LAYERS', 'PRETRAINED', 'OPTIMIZERS', 'SCHEDULERS', 'ModelEntry', 'register_model',
+           'ModelConfig', 'build_model', 'ModelTooLargeError', 'count_parameters', 'check_model_size',
+           'parameter_limit', 'build_vit', 'pretrained_name', 'pretrained_stats', 'PretrainedWeightsError',
+           'build_resnet18', 'build_cnn', 'parameter_groups', 'OptimizerConfig', 'build_optimizer', 'SchedulerConfig',
+           'build_scheduler', 'build_criterion']
 
 # %% ../../nbs/08_training_factory.ipynb #02205bb5
 @dataclass(frozen=True)
 class ModelEntry:
-    "A registered model: its builder, the sources it builds from, its rule check."
+    """A registered model: its builder, the sources it builds from, its rule check, and
+    whether it has batch norm (which cannot train on a batch of one image)."""
 
     build: Callable[[ModelConfig], nn.Module]
     sources: tuple[str, ...]
     check: Callable[[ModelConfig], None] | None = None
+    batch_norm: bool = False
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -61,13 +65,14 @@ def register_model(
     name: str,
     sources: tuple[str, ...] = ("custom",),
     check: Callable[[ModelConfig], None] | None = None,
+    batch_norm: bool = False,
 ):
     "Decorator: register `build(config) -> nn.Module` as the model called `name`."
 
     def add(
         build: Callable[[ModelConfig], nn.Module],
     ) -> Callable[[ModelConfig], nn.Module]:
-        MODELS[name] = ModelEntry(build, sources, check)
+        MODELS[name] = ModelEntry(build, sources, check, batch_norm)
         return build
 
     return add
@@ -116,8 +121,49 @@ class ModelConfig(ViTConfig):
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    "The model `config.name` names, built by its registered builder after validation."
-    return MODELS[config.validate().name].build(config)
+    """The model `config.name` names, built by its registered builder after validation
+    and after its size is checked against `MAX_PARAMETERS` (`check_model_size`)."""
+    check_model_size(config.validate())
+    return MODELS[config.name].build(config)
+
+# %% ../../nbs/08_training_factory.ipynb #2def312c
+MAX_PARAMETERS = 1_000_000_000
+MAX_LAYERS = 512  # even a meta build makes one module per block
+
+
+class ModelTooLargeError(ValueError):
+    "A model with more parameters than `MAX_PARAMETERS` allows."
+
+
+def count_parameters(config: ModelConfig) -> int:
+    "The parameters of the model `config` describes, counted on the meta device."
+    with torch.device("meta"):
+        model = MODELS[config.name].build(replace(config, pretrained=False))
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model_size(config: ModelConfig) -> int:
+    "The model's parameter count; a `ModelTooLargeError` past `MAX_PARAMETERS`."
+    check_int("num_layers", config.num_layers, maximum=MAX_LAYERS)
+    count = count_parameters(config)
+    if count > MAX_PARAMETERS:
+        raise ModelTooLargeError(
+            f"{count:,} parameters, more than MAX_PARAMETERS={MAX_PARAMETERS:,}; check "
+            "embed_dim, num_layers and mlp_ratio, or raise the limit with "
+            "parameter_limit() or the command line's --max-parameters"
+        )
+    return count
+
+# %% ../../nbs/08_training_factory.ipynb #2a8f3e92
+@contextmanager
+def parameter_limit(limit: int) -> Iterator[None]:
+    "Let `build_model` build models of up to `limit` parameters inside this block."
+    global MAX_PARAMETERS
+    previous, MAX_PARAMETERS = MAX_PARAMETERS, check_int("limit", limit)
+    try:
+        yield
+    finally:
+        MAX_PARAMETERS = previous
 
 # %% ../../nbs/08_training_factory.ipynb #0d20caf4
 def _check_vit(config: ModelConfig) -> None:
@@ -333,7 +379,7 @@ def _check_resnet(config: ModelConfig) -> None:
     check_int("num_classes", config.num_classes)  # a ResNet always has its classifier
 
 
-@register_model("resnet18", check=_check_resnet)
+@register_model("resnet18", check=_check_resnet, batch_norm=True)
 def build_resnet18(config: ModelConfig) -> nn.Module:
     "torchvision's ResNet-18 with a small-image stem: 3x3 stride-1 conv, no max-pool."
     model = torchvision.models.resnet18(num_classes=config.num_classes)
@@ -354,7 +400,7 @@ def _check_cnn(config: ModelConfig) -> None:
     check_probability("dropout", config.dropout)
 
 
-@register_model("cnn", check=_check_cnn)
+@register_model("cnn", check=_check_cnn, batch_norm=True)
 def build_cnn(config: ModelConfig) -> nn.Module:
     """A small VGG-style network: two stages of two 3x3 convolutions (batch norm, ReLU)
     and a 2x2 max-pool, with `embed_dim // 2` then `embed_dim` channels; global average

@@ -11,8 +11,8 @@ import os
 import pickle
 import random
 import time
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,9 @@ from neural_stack.validation import (
 )
 
 # %% auto #0
-__all__ = ['AMP_DTYPES', 'CHECKPOINT_KEYS', 'DeviceError', 'resolve_device', 'rng_state', 'set_rng_state', 'distributed_info',
-           'init_distributed', 'TrainState', 'Callback', 'NonFiniteLossError', 'CheckpointError', 'Trainer', 'checksum',
-           'save_checkpoint', 'load_checkpoint']
+__all__ = ['SMALL_MODEL', 'AMP_DTYPES', 'CHECKPOINT_KEYS', 'DeviceError', 'resolve_device', 'rng_state', 'set_rng_state',
+           'distributed_info', 'init_distributed', 'resolve_threads', 'cpu_threads', 'TrainState', 'Callback',
+           'NonFiniteLossError', 'CheckpointError', 'Trainer', 'checksum', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../../nbs/10_training_trainer.ipynb #9e46a8ae
 class DeviceError(RuntimeError):
@@ -137,6 +137,33 @@ def _gather(state: dict[str, Any], world_size: int) -> list[dict[str, Any]]:
     dist.all_gather_object(states, state)
     return states
 
+# %% ../../nbs/10_training_trainer.ipynb #9ac28598
+SMALL_MODEL = 5_000_000  # parameters: below, "auto" trains on one CPU thread
+
+
+def resolve_threads(
+    threads: int | str, model: nn.Module, device: str | torch.device = "auto"
+) -> int | None:
+    """CPU threads for training `model` on `device`: `threads` when it is a number;
+    for "auto", one for a model under `SMALL_MODEL` parameters on the CPU, and None
+    (PyTorch's default, one per core) otherwise."""
+    if threads != "auto":
+        return check_int("threads", threads)
+    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL
+    return 1 if small and resolve_device(device).type == "cpu" else None
+
+# %% ../../nbs/10_training_trainer.ipynb #2484bd2f
+@contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    "PyTorch's CPU threads set to `threads` inside the block (None: unchanged)."
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(check_int("threads", threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
 # %% ../../nbs/10_training_trainer.ipynb #8db5feaf
 @dataclass
 class TrainState:
@@ -192,6 +219,7 @@ class CheckpointError(ValueError):
 # %% ../../nbs/10_training_trainer.ipynb #4c431780
 class Trainer:
     """Trains `model` for `num_epochs` on `train_loader`, validating after each epoch.
+    `num_threads` sets PyTorch's CPU threads while it trains (None: unchanged).
     `run_config` is the run's description as plain values (a dict), kept in every
     checkpoint; the trainer never reads it."""
 
@@ -213,6 +241,7 @@ class Trainer:
         log_every: int = 50,
         seed: int | None = None,
         run_config: dict | None = None,
+        num_threads: int | None = None,
     ):
         self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -228,6 +257,9 @@ class Trainer:
         self.grad_accum_steps = check_int("grad_accum_steps", grad_accum_steps)
         self.log_every = check_int("log_every", log_every)
         self.seed = None if seed is None else check_int("seed", seed, minimum=0)
+        if num_threads is not None:
+            num_threads = check_int("num_threads", num_threads)
+        self.num_threads = num_threads
         if run_config is not None and not isinstance(run_config, dict):
             raise ArgumentError(
                 "run_config", run_config, "a dict of plain values, or None"
@@ -253,43 +285,44 @@ def fit(
 ) -> dict[str, Any]:
     """Train, validating after every epoch; return the history and the final metrics.
     `resume_from`, a checkpoint file or one read with `load_checkpoint`, continues the
-    run that wrote it."""
-    self._prepare()
-    if resume_from is not None:
-        if isinstance(resume_from, dict):
-            self.load_state_dict(resume_from)
-        else:
-            checkpoint = load_checkpoint(resume_from, map_location=self.device)
-            self.load_state_dict(checkpoint, source=str(resume_from))
-    state = self.state
-    try:
-        self._call("on_train_begin")
-        for epoch in range(state.epoch, self.num_epochs):
-            state.epoch, state.batch = epoch, 0
-            self._call("on_epoch_begin")
-            start = time.perf_counter()
-            metrics = {"epoch": epoch + 1, **self._train_epoch()}
-            if self.val_loader is not None:
-                metrics.update(self._validate())
-            self._check_epoch(metrics)  # before any callback can save the epoch
-            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-            metrics["seconds"] = time.perf_counter() - start
-            state.metrics = metrics
-            state.history.append(metrics)
-            self._rng = _gather(rng_state(), self.world_size)  # every process joins
-            self._call("on_epoch_end")
-            if state.should_stop:
-                break
-    except BaseException as error:
-        self._call("on_train_failed", error)
-        raise
-    self._call("on_train_end")
-    return {
-        "history": state.history,
-        "final": state.history[-1],
-        "steps": state.step,
-        "stopped_early": len(state.history) < self.num_epochs,
-    }
+    run that wrote it, and `num_threads` holds while it runs."""
+    with cpu_threads(self.num_threads):
+        self._prepare()
+        if resume_from is not None:
+            if isinstance(resume_from, dict):
+                self.load_state_dict(resume_from)
+            else:
+                checkpoint = load_checkpoint(resume_from, map_location=self.device)
+                self.load_state_dict(checkpoint, source=str(resume_from))
+        state = self.state
+        try:
+            self._call("on_train_begin")
+            for epoch in range(state.epoch, self.num_epochs):
+                state.epoch, state.batch = epoch, 0
+                self._call("on_epoch_begin")
+                start = time.perf_counter()
+                metrics = {"epoch": epoch + 1, **self._train_epoch()}
+                if self.val_loader is not None:
+                    metrics.update(self._validate())
+                self._check_epoch(metrics)  # before any callback can save the epoch
+                metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                metrics["seconds"] = time.perf_counter() - start
+                state.metrics = metrics
+                state.history.append(metrics)
+                self._rng = _gather(rng_state(), self.world_size)  # every process joins
+                self._call("on_epoch_end")
+                if state.should_stop:
+                    break
+        except BaseException as error:
+            self._call("on_train_failed", error)
+            raise
+        self._call("on_train_end")
+        return {
+            "history": state.history,
+            "final": state.history[-1],
+            "steps": state.step,
+            "stopped_early": len(state.history) < self.num_epochs,
+        }
 
 # %% ../../nbs/10_training_trainer.ipynb #5d68ead0
 @patch
