@@ -5,6 +5,7 @@ with nothing downloaded."""
 
 import dataclasses
 import math
+import re
 import os
 import pickle
 import random
@@ -158,8 +159,9 @@ BAD = [
     (dict(jit_hue=-0.1), "jit_hue", "a finite number >= 0 and <= 0.5"),
     (dict(jit_hue=math.nan), "jit_hue", "a finite number >= 0 and <= 0.5"),
     (dict(jit_hue=True), "jit_hue", "a finite number >= 0 and <= 0.5"),
-    (dict(rand_aug_num_ops=0), "rand_aug_num_ops", "a positive integer"),
-    (dict(rand_aug_num_ops=2.0), "rand_aug_num_ops", "a positive integer"),
+    (dict(rand_aug_num_ops=0), "rand_aug_num_ops", "an integer from 1 to 16"),
+    (dict(rand_aug_num_ops=2.0), "rand_aug_num_ops", "an integer from 1 to 16"),
+    (dict(rand_aug_num_ops=10**6), "rand_aug_num_ops", "an integer from 1 to 16"),
     (dict(rand_aug_magnitude=31), "rand_aug_magnitude", "an integer from 0 to 30"),
     (dict(rand_aug_magnitude=-1), "rand_aug_magnitude", "an integer >= 0"),
     (dict(rand_aug_magnitude=9.0), "rand_aug_magnitude", "an integer >= 0"),
@@ -176,6 +178,18 @@ BAD = [
         "0 with color_jitter on the one-channel dataset 'fashion_mnist'",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    "mean, std, message",
+    [  # a std that is 0 in float32, a mean that is inf there: NaN images, NaN losses
+        (0.5, 1e-300, "std[0]=1e-300; expected a finite number >= 1e-06 and < 1000.0"),
+        (1e300, 0.5, "mean[0]=1e+300; expected a finite number > -1000.0 and < 1000"),
+    ],
+)
+def test_normalisation_beyond_what_float32_images_survive(mean, std, message):
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        DataConfig(mean=(mean,), std=(std,))
 
 
 @pytest.mark.parametrize("kwargs, field, allowed", BAD, ids=[f"{k}" for k, _, _ in BAD])

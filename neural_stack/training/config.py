@@ -207,12 +207,12 @@ def _validate_whole(self: TrainConfig) -> None:
                 f"{needed}, the {name} of dataset {info.name!r}",
             )
     s, steps = self.scheduler, steps_per_epoch(self)
-    warmup = round(s.warmup_epochs * steps)  # as build_scheduler counts it
-    if (
-        s.name == "cosine_warmup"
-        and s.T_max is None
-        and warmup >= self.num_epochs * steps
+    warmup = s.warmup_epochs * steps  # in optimizer steps, as build_scheduler counts
+    if s.name == "cosine_warmup" and (
+        not math.isfinite(warmup)
+        or (s.T_max is None and round(warmup) >= self.num_epochs * steps)
     ):
+        warmup = round(warmup) if math.isfinite(warmup) else warmup
         raise ConfigError(
             "scheduler.warmup_epochs",
             s.warmup_epochs,
@@ -249,8 +249,8 @@ def _validate_batches(self: TrainConfig) -> None:
             f"a fraction that keeps at least 2 training images for "
             f"model.name={self.model.name!r}, whose batch norm cannot train on one",
         )
-    if images % size == 1:
-        better = next(b for b in range(size + 1, images + 1) if images % b != 1)
+    if size == 1 or images % size == 1:
+        better = next(b for b in range(max(2, size + 1), images + 1) if images % b != 1)
         raise ConfigError(
             "data.batch_size",
             size,
@@ -263,6 +263,7 @@ def _validate_batches(self: TrainConfig) -> None:
 # no field needs more: longer values are mistakes, and would go into every checkpoint
 MAX_STRING, MAX_ITEMS = 4096, 256
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # what a key can be, to print as one
 
 
 def config_from_dict(cls: type, data: object, path: str = "") -> Any:
@@ -279,9 +280,11 @@ def config_from_dict(cls: type, data: object, path: str = "") -> Any:
             near = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             where = f"the {path.rstrip('.')} section" if path else "a training config"
+            plain = isinstance(key, str) and _KEY.fullmatch(key)
             raise ConfigError(
-                f"{path}{key}",
-                reason=f"unknown key; {hint}{where} has: {', '.join(known)}",
+                f"{path}{key}" if plain else path.rstrip(".") or "config",
+                reason=f"unknown key{'' if plain else ' ' + shorten(key)}; {hint}"
+                f"{where} has: {', '.join(known)}",
             )
     values = {
         key: _convert(hints[key], value, f"{path}{key}") for key, value in data.items()
@@ -392,7 +395,9 @@ class _StrictLoader(yaml.SafeLoader):
             ):  # `<<: *base` may be overridden
                 continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, Hashable) and key in seen:
+            if not isinstance(key, Hashable):  # yaml's own error, at the key
+                continue
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {shorten(key)}", key_node.start_mark
                 )

@@ -28,9 +28,9 @@ from neural_stack.validation import (
 )
 
 # %% auto #0
-__all__ = ['DATASETS', 'DATASET_STATS', 'DatasetInfo', 'get_dataset_info', 'DatasetNotAvailableError', 'DatasetDamagedError',
-           'DataConfig', 'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size',
-           'build_dataloaders']
+__all__ = ['DATASETS', 'DATASET_STATS', 'MAX_RAND_AUG_OPS', 'DatasetInfo', 'get_dataset_info', 'DatasetNotAvailableError',
+           'DatasetDamagedError', 'DataConfig', 'build_augmentation', 'ImageTensorDataset', 'seed_everything',
+           'train_size', 'build_dataloaders']
 
 # %% ../../nbs/07_training_data.ipynb #472536aa
 @dataclass(frozen=True)
@@ -426,6 +426,9 @@ def _check_pair(field: str, value: object, at_most: float | None = None) -> tupl
     return tuple(value)
 
 
+MAX_RAND_AUG_OPS = 16  # RandAugment uses 1 to 3; each op costs time per image
+
+
 @dataclass
 class DataConfig:
     "Dataset, batching and augmentation of a run; checked when built and by validate()."
@@ -449,7 +452,7 @@ class DataConfig:
     jit_hue: float = 0.1
     rand_aug: bool = False
     rand_aug_num_ops: int = 2
-    rand_aug_magnitude: int = 9  # one of RandAugment's 31 bins, 0 to 30
+    rand_aug_magnitude: int = 9  # torchvision's 31 bins, 0 to 30 (DeiT's m9: ~27)
     train_fraction: float = 1.0  # the share of the training split used: learning curves
     mean: tuple[float, ...] | None = None  # per channel; None: the dataset's own
     std: tuple[float, ...] | None = None  # (DATASET_STATS); pretrained weights' own
@@ -485,7 +488,7 @@ class DataConfig:
             or not 0 <= hue <= 0.5
         ):
             raise ArgumentError("jit_hue", hue, "a finite number >= 0 and <= 0.5")
-        check_int("rand_aug_num_ops", self.rand_aug_num_ops)
+        check_int("rand_aug_num_ops", self.rand_aug_num_ops, maximum=MAX_RAND_AUG_OPS)
         magnitude = self.rand_aug_magnitude
         if check_int("rand_aug_magnitude", magnitude, minimum=0) > 30:
             raise ArgumentError(
@@ -503,8 +506,11 @@ class DataConfig:
                 raise ArgumentError(
                     name, value, f"{count}, one per channel of {self.dataset!r}"
                 )
-            for c, v in enumerate(value):
-                check_number(f"{name}[{c}]", v, above=0 if name == "std" else None)
+            for c, v in enumerate(value):  # pixels are in [0, 1]: beyond is a slip
+                if name == "std":
+                    check_number(f"std[{c}]", v, at_least=1e-6, below=1e3)
+                else:
+                    check_number(f"mean[{c}]", v, above=-1e3, below=1e3)
         grey = self.color_jitter and info.in_channels == 1
         for name in ("jit_saturation", "jit_hue") if grey else ():
             if getattr(self, name) != 0:  # torchvision would skip it silently

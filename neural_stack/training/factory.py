@@ -136,9 +136,18 @@ class ModelTooLargeError(ValueError):
 
 
 def count_parameters(config: ModelConfig) -> int:
-    "The parameters of the model `config` describes, counted on the meta device."
-    with torch.device("meta"):
-        model = MODELS[config.name].build(replace(config, pretrained=False))
+    """The parameters of the model `config` describes, counted on the meta device; a
+    `ModelTooLargeError` where even a tensor's size overflows there."""
+    try:
+        with torch.device("meta"):
+            model = MODELS[config.name].build(replace(config, pretrained=False))
+    except (OverflowError, TypeError, RuntimeError) as e:
+        if "overflow" not in str(e).lower():
+            raise
+        raise ModelTooLargeError(
+            "a model whose tensor sizes overflow 64-bit integers; check embed_dim, "
+            "num_layers and mlp_ratio"
+        ) from None
     return sum(p.numel() for p in model.parameters())
 
 
