@@ -10,7 +10,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,13 @@ SECTIONS = (  # `train --help` lists them; the notebook checks them against Trai
     "optimizer.* name, lr, weight_decay, betas, momentum, layer_decay",
     "scheduler.* name, warmup_epochs, eta_min, T_max, step_size, gamma",
     "run fields  num_epochs, device, seed, checkpoint_dir, use_amp, grad_clip_norm,",
-    "            grad_accum_steps, monitor, save_best, early_stopping_patience, ...",
+    "            grad_accum_steps, monitor, save_best, early_stopping_patience,",
+    "            threads, loggers, ...",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    "The command line's parser: `train` and `runs`."
+    "The command line's parser: `train`, `eval`, `list` and `runs`."
     parser = argparse.ArgumentParser(
         prog="neural-stack", description="Train Vision Transformers."
     )
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
+    _add_eval(commands)
+    _add_list(commands)
     _add_runs(commands)
     return parser
 
@@ -90,6 +93,65 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no progress bars: only the line per epoch, as logs want",
     )
+    _add_max_parameters(train_cmd)
+
+# %% ../nbs/cli.ipynb #86b03027
+def _positive_int(text: str) -> int:
+    "`text` as an integer of at least 1, for argparse."
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer of at least 1")
+    return int(text)
+
+
+def _add_max_parameters(command: argparse.ArgumentParser) -> None:
+    "The `--max-parameters` option of a command that builds a model."
+    command.add_argument(
+        "--max-parameters",
+        type=_positive_int,
+        metavar="N",
+        help="build models of up to N parameters (default: 1,000,000,000)",
+    )
+
+# %% ../nbs/cli.ipynb #fbaa1b0c
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    "The `eval` command and its options."
+    eval_cmd = commands.add_parser(
+        "eval",
+        help="measure a run's checkpoint on its validation split",
+        description="Rebuild the model and the validation data of the run that wrote "
+        "the checkpoint, from the configuration it holds, and print the loss, top-1 "
+        "and top-5 accuracy on one line.",
+    )
+    eval_cmd.add_argument(
+        "checkpoint", type=Path, help="a run's checkpoint, e.g. checkpoints/x/best.pt"
+    )
+    eval_cmd.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="fields of the run's configuration to change, e.g. data.data_dir=/data",
+    )
+    eval_cmd.add_argument(
+        "--confusion",
+        type=Path,
+        metavar="FILE.html",
+        help="write the confusion matrix as a heatmap into FILE.html (opens offline)",
+    )
+    eval_cmd.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", help="data.batch_size=N"
+    )
+    _add_max_parameters(eval_cmd)
+
+# %% ../nbs/cli.ipynb #fb3ea5a6
+def _add_list(commands: argparse._SubParsersAction) -> None:
+    "The `list` command."
+    list_cmd = commands.add_parser(
+        "list",
+        help="list the models or the datasets a configuration can name",
+        description="List the models (model.name, model.source) or the datasets "
+        "(data.dataset) a configuration can name.",
+    )
+    list_cmd.add_argument("what", choices=("models", "datasets"))
 
 # %% ../nbs/cli.ipynb #aa441226
 def _add_runs(commands: argparse._SubParsersAction) -> None:
@@ -162,6 +224,8 @@ def _stopped(args: argparse.Namespace, out: Path, signum: int) -> str:
 
     again = ["neural-stack", "train", str(args.config), *args.overrides]
     again += ["--no-progress"] if args.no_progress else []
+    if args.max_parameters is not None:
+        again += ["--max-parameters", str(args.max_parameters)]
     stopped = f"stopped by {signal.Signals(signum).name}"
     saved = _saved(out)
     if not saved:
@@ -174,32 +238,30 @@ def _stopped(args: argparse.Namespace, out: Path, signum: int) -> str:
 # %% ../nbs/cli.ipynb #19720502
 def main(argv: Sequence[str] | None = None) -> int:
     """`neural-stack train CONFIG [key.path=value ...] [--resume FILE | --overwrite |
-    --print-config | --dry-run]`, or `neural-stack runs check|rebuild [NAME ...]`:
-    the exit status."""
+    --print-config | --dry-run]`, `neural-stack eval CHECKPOINT [key.path=value ...]`,
+    `neural-stack list models|datasets`, or `neural-stack runs check|rebuild
+    [NAME ...]`: the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "runs":
         from neural_stack.experiments import runs_command  # chapter 13 builds it
 
         return runs_command(args)
+    if args.command == "list":
+        print(_models_table() if args.what == "models" else _datasets_table())
+        return 0
+    if args.command == "eval":
+        return _eval_command(args)
     return _train_command(args)
 
-# %% ../nbs/cli.ipynb #2f028fba
-def _train_command(args: argparse.Namespace) -> int:
-    "Run `neural-stack train` as `args` say; its exit status."
-    import torch.distributed as dist  # here, so that --help needs no torch
-
-    from neural_stack.training.config import ConfigError, apply_overrides, load_config
+# %% ../nbs/cli.ipynb #4b0312a9
+def _usage_errors() -> tuple[type[Exception], ...]:
+    "The errors that are the user's to fix: one line and exit status 2."
+    from neural_stack.training.config import ConfigError
     from neural_stack.training.data import DatasetNotAvailableError
-    from neural_stack.training.run import RunFolderError, dry_run, train
-    from neural_stack.training.trainer import (
-        CheckpointError,
-        DeviceError,
-        NonFiniteLossError,
-        distributed_info,
-        init_distributed,
-    )
+    from neural_stack.training.run import RunFolderError
+    from neural_stack.training.trainer import CheckpointError, DeviceError
 
-    usage_errors = (
+    return (
         ConfigError,
         DeviceError,
         DatasetNotAvailableError,
@@ -207,9 +269,30 @@ def _train_command(args: argparse.Namespace) -> int:
         RunFolderError,
         OSError,
     )
+
+
+def _parameter_limit(limit: int | None) -> AbstractContextManager:
+    "`parameter_limit(limit)`, or nothing without a limit."
+    from neural_stack.training.factory import parameter_limit
+
+    return nullcontext() if limit is None else parameter_limit(limit)
+
+# %% ../nbs/cli.ipynb #2f028fba
+def _train_command(args: argparse.Namespace) -> int:
+    "Run `neural-stack train` as `args` say; its exit status."
+    import torch.distributed as dist  # here, so that --help needs no torch
+
+    from neural_stack.training.config import apply_overrides, load_config
+    from neural_stack.training.run import dry_run, train
+    from neural_stack.training.trainer import (
+        NonFiniteLossError,
+        distributed_info,
+        init_distributed,
+    )
+
     out, rank = None, 0
     try:
-        with stop_on_signals():
+        with stop_on_signals(), _parameter_limit(args.max_parameters):
             config = apply_overrides(load_config(args.config), args.overrides)
             out = Path(config.checkpoint_dir)
             if args.print_config:
@@ -225,7 +308,7 @@ def _train_command(args: argparse.Namespace) -> int:
                 config_file=args.config,
                 progress=not args.no_progress,
             )
-    except usage_errors as e:
+    except _usage_errors() as e:
         # a write that failed (a full disk) says what the run has kept
         saved = _saved(out) if isinstance(e, OSError) and out is not None else ""
         print(
@@ -273,15 +356,91 @@ def _print_dry_run(report: dict[str, Any]) -> int:
 
 # %% ../nbs/cli.ipynb #e7f88fa9
 def _print_results(results: dict[str, Any], out: Path) -> None:
-    "The run's last validation metrics, and the files it wrote."
+    "The run's last validation metrics, and the files (and folder) it wrote."
     final = results["final"]
     print(
         f"done after {len(results['history'])} epochs: "
         + ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("val/"))
     )
-    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv"):
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "tensorboard"):
         if (out / name).exists():
             print(f"  {name:<12} {out.resolve() / name}")
+
+# %% ../nbs/cli.ipynb #0c335645
+def _eval_command(args: argparse.Namespace) -> int:
+    "Run `neural-stack eval` as `args` say: one line of metrics; the exit status."
+    from neural_stack.files import atomic_open
+    from neural_stack.training.run import confusion_figure, evaluate
+
+    overrides = list(args.overrides)
+    if args.batch_size is not None:
+        overrides.append(f"data.batch_size={args.batch_size}")
+    try:
+        with stop_on_signals(), _parameter_limit(args.max_parameters):
+            result = evaluate(args.checkpoint, overrides)
+            if args.confusion is not None:
+                title = f"{args.checkpoint}: validation, epoch {result['epoch']}"
+                with atomic_open(args.confusion, "w") as f:
+                    confusion_figure(result["confusion"], title).write_html(
+                        f, include_plotlyjs=True
+                    )
+    except _usage_errors() as e:
+        print(f"neural-stack: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print("neural-stack: stopped", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
+    print(_eval_line(args.checkpoint, result))
+    return 0
+
+
+def _eval_line(checkpoint: Path, result: dict[str, Any]) -> str:
+    "What `eval` prints: where the figures come from, then the figures."
+    data = result["config"].data.dataset
+    figures = [f"loss {result['loss']:.4f}", f"top-1 {result['top1']:.4f}"]
+    if "top5" in result:
+        figures.append(f"top-5 {result['top5']:.4f}")
+    return (
+        f"{checkpoint} (epoch {result['epoch']}) on {result['images']:,} validation "
+        f"images of {data}: " + ", ".join(figures)
+    )
+
+# %% ../nbs/cli.ipynb #54165773
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    "`rows` (the first one the header) as plain text in aligned columns."
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _models_table() -> str:
+    "The registered models: name, sources and what each builds."
+    from neural_stack.training.factory import MODELS
+
+    rows = [("name", "model.source", "builds")]
+    for name, entry in MODELS.items():
+        doc = " ".join((entry.build.__doc__ or "").split()).replace("`", "")
+        rows.append((name, ", ".join(entry.sources), doc.split(": ")[0].rstrip(".")))
+    ports = [s for e in MODELS.values() for s in e.sources if s != "custom"]
+    note = (
+        f"\n\nmodel.source={' or '.join(sorted(set(ports)))}: built by that library, "
+        "then ported into our VisionTransformer through the weight ports; with "
+        "model.pretrained=true, from its published weights"
+    )
+    return _table(rows) + (note if ports else "")
+
+
+def _datasets_table() -> str:
+    "The registered datasets: image size, channels, classes, split sizes, source."
+    from neural_stack.training.data import DATASETS
+
+    rows = [("name", "image", "channels", "classes", "train", "val", "data")]
+    for d in DATASETS.values():
+        where = "downloads into data.data_dir" if d.needs_download else "ships offline"
+        size = f"{d.img_size}x{d.img_size}"
+        numbers = (d.in_channels, d.num_classes, d.train_size, d.val_size)
+        rows.append((d.name, size, *(f"{n:,}" for n in numbers), where))
+    return _table(rows)
 
 # %% ../nbs/cli.ipynb #4db279bc
 # a notebook's kernel runs as __main__ too: only a real `python -m` calls main

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from neural_stack.cli import main
-from neural_stack.training.config import load_config
+from neural_stack.training.config import apply_overrides, load_config
+from neural_stack.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = shutil.which("neural-stack", path=str(Path(sys.executable).parent))
@@ -121,3 +122,39 @@ def test_published_weights_offline_are_one_line_and_exit_2(tmp_path):
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "could not download timm's weights 'vit_tiny_patch16_224" in lines[0]
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_list_prints_the_registries_as_aligned_text():
+    models, datasets = run("list", "models"), run("list", "datasets")
+    assert models.returncode == datasets.returncode == 0, models.stderr
+    rows = {line.split()[0]: line for line in models.stdout.splitlines()[1:4]}
+    assert set(rows) == {"vit", "resnet18", "cnn"}
+    assert "custom, timm, torchvision" in rows["vit"]
+    assert "ported into our VisionTransformer" in models.stdout
+    lines = datasets.stdout.splitlines()
+    header, digits = lines[0], next(line for line in lines if line.startswith("digits"))
+    assert digits.split() == [
+        "digits",
+        "8x8",
+        "1",
+        "10",
+        "1,500",
+        "297",
+        "ships",
+        "offline",
+    ]
+    assert header.index("train") == digits.index("1,500")  # aligned columns
+    cifar = next(line for line in lines if line.startswith("cifar10 "))
+    assert cifar.endswith("downloads into data.data_dir")
+
+
+def test_eval_through_the_console_script(tmp_path):
+    config = apply_overrides(
+        load_config(ROOT / "configs/vit_digits.yaml"),
+        ["num_epochs=1", "scheduler.warmup_epochs=0", f"checkpoint_dir={tmp_path}"],
+    )
+    train(config, progress=False)
+    done = run("eval", str(tmp_path / "best.pt"), "data.num_workers=1")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1 and ", top-5 " in done.stdout
+    assert done.stdout.startswith(f"{tmp_path / 'best.pt'} (epoch 1) on ")

@@ -2,9 +2,11 @@
 written, run folders are never silently replaced, and every failure is one line with
 its exit status."""
 
+import csv
 import errno
 import hashlib
 import math
+import multiprocessing
 import os
 import re
 import shlex
@@ -14,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+import types
 import zipfile
 from pathlib import Path
 
@@ -30,16 +33,26 @@ from neural_stack.training import (
     TrainConfig,
     apply_overrides,
     build_model,
+    factory,
     load_config,
     save_config,
 )
-from neural_stack.training.run import dry_run, run_files, train
+from neural_stack.training.config import config_to_dict
+from neural_stack.training.data import build_dataloaders
+from neural_stack.training.run import (
+    dry_run,
+    evaluate,
+    resume_conflicts,
+    run_files,
+    train,
+)
 from neural_stack.training.trainer import (
     Callback,
     CheckpointError,
     NonFiniteLossError,
     Trainer,
     load_checkpoint,
+    save_checkpoint,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +104,8 @@ def test_help_and_version_answer_without_torch():
     probe = (
         "import sys\n"
         "from neural_stack.cli import main\n"
-        "for argv in (['--version'], ['train', '--help']):\n"
+        "for argv in (['--version'], ['--help'], ['train', '--help'],\n"
+        "             ['eval', '--help'], ['list', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit as e:\n"
@@ -104,6 +118,9 @@ def test_help_and_version_answer_without_torch():
     assert out.startswith("neural-stack 0.") and out.endswith("False\n"), out
     for section in ("model.*", "data.*", "optimizer.*", "scheduler.*", "num_epochs"):
         assert section in out
+    for option in ("--confusion FILE.html", "--batch-size N", "--max-parameters N"):
+        assert option in out
+    assert "{models,datasets}" in out and "eval" in out
 
 
 def test_print_config_prints_the_run_as_it_would_run(tmp_path, capsys):
@@ -128,6 +145,29 @@ def test_dry_run_builds_trains_one_batch_and_writes_nothing(tmp_path, capsys):
     path = save_config(config, tmp_path / "c.yaml")
     assert main(["train", str(path), "--dry-run"]) == 0
     assert "dry run:" in capsys.readouterr().out and not (tmp_path / "run").exists()
+
+
+def test_dry_run_leaves_no_worker_processes_behind(tmp_path):
+    config = apply_overrides(
+        TrainConfig(), ["data.num_workers=1", f"checkpoint_dir={tmp_path / 'run'}"]
+    )
+    reports = [dry_run(config) for _ in range(3)]
+    assert multiprocessing.active_children() == []
+    assert reports[0] == reports[2] and not (tmp_path / "run").exists()
+
+
+def test_max_parameters_limits_the_model_a_command_builds(tmp_path, capsys):
+    path = save_config(TrainConfig(), tmp_path / "c.yaml")
+    args = ["train", str(path), f"checkpoint_dir={tmp_path / 'run'}", "--dry-run"]
+    line = one_line(main([*args, "--max-parameters", "1000"]), capsys.readouterr().err)
+    assert "model: 202,186 parameters, more than MAX_PARAMETERS=1,000" in line, line
+    assert factory.MAX_PARAMETERS == 1_000_000_000  # the limit held only for the run
+    assert main([*args, "--max-parameters", "202186"]) == 0
+    assert "dry run: 202,186 parameters" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--max-parameters", "0"])
+    assert refused.value.code == 2
+    assert "expected an integer of at least 1" in capsys.readouterr().err
 
 
 def test_nothing_is_announced_before_the_checks_pass(tmp_path, capsys):
@@ -457,3 +497,185 @@ def test_a_full_disk_names_the_file_and_the_last_good_checkpoint(
     assert f"{last} holds epoch 1" in line, line
     monkeypatch.setattr(os, "fsync", fsync)
     assert load_checkpoint(last)["epoch"] == 1
+
+
+# loggers
+
+
+def test_tensorboard_logs_each_epoch_and_its_folder_belongs_to_the_run(
+    tmp_path, capsys
+):
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+
+    config = apply_overrides(
+        TrainConfig(),
+        ["num_epochs=2", "loggers=[tensorboard]", f"checkpoint_dir={tmp_path / 'run'}"],
+    )
+    results = train(config, progress=False)
+    assert [p.name for p in run_files(tmp_path / "run")] == [
+        "best.pt",
+        "config.yaml",
+        "last.pt",
+        "tensorboard",  # and no metrics.csv: csv is not among the loggers
+    ]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    scalars = events.Scalars("val/accuracy")
+    assert [e.step for e in scalars] == [h["epoch"] for h in results["history"]]
+    expected = [h["val/accuracy"] for h in results["history"]]
+    assert [e.value for e in scalars] == pytest.approx(expected, rel=1e-6)  # float32
+    path = save_config(apply_overrides(config, ["loggers=[csv]"]), tmp_path / "c.yaml")
+    (tmp_path / "run" / "config.yaml").unlink()
+    (tmp_path / "run" / "last.pt").unlink()
+    (tmp_path / "run" / "best.pt").unlink()
+    line = one_line(main(["train", str(path)]), capsys.readouterr().err)
+    assert "holds a run already (tensorboard)" in line, line
+    assert (
+        main(["train", str(path), "num_epochs=1", "--overwrite", "--no-progress"]) == 0
+    )
+    assert [p.name for p in run_files(tmp_path / "run")][-1] == "metrics.csv"
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+class FakeWandb(types.ModuleType):
+    "Stands in for the wandb package: records what a run sends it."
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.inits, self.logged, self.finished = [], [], []
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return types.SimpleNamespace(
+            log=lambda metrics, step: self.logged.append((step, dict(metrics))),
+            finish=lambda exit_code=0: self.finished.append(exit_code),
+        )
+
+
+def test_wandb_logs_each_epoch_into_the_experiments_project(tmp_path, monkeypatch):
+    wandb = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    config = apply_overrides(
+        TrainConfig(),
+        [
+            "num_epochs=1",
+            "experiment_name=digits-wandb",
+            "loggers=[csv, wandb]",
+            f"checkpoint_dir={tmp_path / 'run'}",
+        ],
+    )
+    results = train(config, progress=False)
+    assert [i["project"] for i in wandb.inits] == ["digits-wandb"]
+    assert wandb.inits[0]["config"]["loggers"] == ["csv", "wandb"]
+    assert wandb.logged == [(1, results["final"])] and wandb.finished == [0]
+    assert (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+@pytest.mark.parametrize("dry", [False, True], ids=["train", "dry run"])
+def test_a_missing_logger_package_is_one_line_before_anything_is_written(
+    tmp_path, capsys, monkeypatch, logger, dry
+):
+    monkeypatch.setitem(sys.modules, logger, None)  # as if it were not installed
+    path = save_config(TrainConfig(), tmp_path / "c.yaml")
+    args = ["train", str(path), f"loggers=[csv, {logger}]"]
+    args += [f"checkpoint_dir={tmp_path / 'run'}"] + (["--dry-run"] if dry else [])
+    line = one_line(main(args), capsys.readouterr().err)
+    assert f"loggers: '{logger}' needs the {logger} package: pip install " in line
+    assert f"'neural-stack[{logger}]'" in line and not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_may_change_its_threads_and_loggers():
+    saved = config_to_dict(TrainConfig())
+    now = apply_overrides(TrainConfig(), ["threads=2", "loggers=[csv, tensorboard]"])
+    assert resume_conflicts(saved, config_to_dict(now)) == []
+    other = apply_overrides(now, ["optimizer.lr=1e-2"])
+    assert resume_conflicts(saved, config_to_dict(other)) == [
+        "optimizer.lr: 0.001 there, 0.01 here"
+    ]
+
+
+# evaluating a checkpoint
+
+
+def last_logged(folder):
+    "The last row of metrics.csv in `folder`, each value as written."
+    with open(folder / "metrics.csv", newline="") as f:
+        return {k: float(v) for k, v in list(csv.DictReader(f))[-1].items()}
+
+
+def test_evaluate_reproduces_the_runs_last_validation(finished):
+    folder = finished[1]
+    result = evaluate(folder / "last.pt")
+    logged = last_logged(folder)
+    assert result["top1"] == logged["val/accuracy"] and result["epoch"] == 1
+    assert result["loss"] == logged["val/loss"]
+    assert result["top1"] <= result["top5"] <= 1 and result["images"] == 297
+    labels = torch.cat([y for _, y in build_dataloaders(result["config"].data)[1]])
+    assert torch.equal(result["confusion"].sum(1), torch.bincount(labels))
+    assert int(result["confusion"].trace()) == round(result["top1"] * 297)
+    other = evaluate(folder / "last.pt", ["data.batch_size=50", "data.num_workers=1"])
+    assert other["top1"] == result["top1"] and torch.equal(
+        other["confusion"], result["confusion"]
+    )
+    assert other["loss"] == pytest.approx(result["loss"], rel=1e-5)
+    assert multiprocessing.active_children() == []
+
+
+def test_eval_prints_one_line_and_writes_an_offline_confusion_page(
+    finished, tmp_path, capsys
+):
+    last, page = finished[1] / "last.pt", tmp_path / "confusion.html"
+    status = main(["eval", str(last), "--confusion", str(page), "--batch-size", "50"])
+    out = capsys.readouterr().out
+    top1 = last_logged(finished[1])["val/accuracy"]
+    assert status == 0 and len(out.splitlines()) == 1, out
+    assert out.startswith(f"{last} (epoch 1) on 297 validation images of digits: ")
+    assert f"top-1 {top1:.4f}, top-5 " in out, out
+    html = page.read_text()
+    assert "Plotly.newPlot" in html and '<script src="http' not in html
+    assert len(html) > 1_000_000  # plotly.js itself, so that the page opens offline
+
+
+def checkpoint_of_a_bare_trainer(good, bad):
+    "A valid checkpoint that holds no run configuration (`run_config` None)."
+    checkpoint = load_checkpoint(good)
+    checkpoint.pop("checksum")
+    checkpoint["config"] = None
+    save_checkpoint(checkpoint, bad)
+
+
+@pytest.mark.parametrize(
+    "make,extra,match",
+    [
+        (lambda good, bad: bad.write_bytes(good.read_bytes()[:4000]), [], "not a "),
+        (lambda good, bad: None, [], "no such file"),
+        (flip_a_weight_byte, [], "damaged"),
+        (checkpoint_of_a_bare_trainer, [], "holds no run configuration"),
+        (shutil.copy, ["data.batch_sise=5"], "data.batch_sise: unknown key"),
+        (shutil.copy, ["model.embed_dim=32"], "its weights do not fit the model"),
+        (shutil.copy, ["--max-parameters", "1000"], "more than MAX_PARAMETERS=1,000"),
+        (shutil.copy, ["device=cuda:99"], "cuda:99"),
+    ],
+    ids=[
+        "truncated",
+        "missing",
+        "flipped byte",
+        "no config",
+        "unknown key",
+        "another model",
+        "too large",
+        "no device",
+    ],
+)
+def test_eval_problems_are_one_line_and_exit_2(
+    finished, tmp_path, capsys, make, extra, match
+):
+    bad, page = tmp_path / "bad.pt", tmp_path / "c.html"
+    make(finished[1] / "last.pt", bad)
+    status = main(["eval", str(bad), *extra, "--confusion", str(page)])
+    out, err = capsys.readouterr()
+    line = one_line(status, err)
+    assert line.startswith("neural-stack: error: ") and re.search(match, line), line
+    assert out == "" and not page.exists()

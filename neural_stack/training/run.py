@@ -5,11 +5,18 @@
 # %% ../../nbs/12_training_cli.ipynb #ece986f4
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
 from neural_stack.training.callbacks import (
     CheckpointCallback,
@@ -17,29 +24,43 @@ from neural_stack.training.callbacks import (
     EarlyStoppingCallback,
     PrintCallback,
     ProgressCallback,
+    TensorBoardLogger,
+    WandbCallback,
 )
 from neural_stack.training.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
     build_from_config,
+    config_from_dict,
     config_to_dict,
     save_config,
 )
-from .data import build_dataloaders
-from .factory import pretrained_stats
+from .data import build_dataloaders, get_dataset_info
+from neural_stack.training.factory import (
+    ModelTooLargeError,
+    build_criterion,
+    build_model,
+    pretrained_stats,
+)
 from neural_stack.training.trainer import (
+    AMP_DTYPES,
     Callback,
+    CheckpointError,
     TrainState,
     Trainer,
+    cpu_threads,
     distributed_info,
     load_checkpoint,
     resolve_device,
+    resolve_threads,
 )
+from ..validation import ArgumentError
 
 # %% auto #0
-__all__ = ['RESUME_MAY_CHANGE', 'RUN_FILES', 'normalised_as_pretrained', 'build_trainer', 'resume_conflicts', 'RunFolderError',
-           'run_files', 'check_run_folder', 'run_lock', 'train', 'dry_run']
+__all__ = ['RESUME_MAY_CHANGE', 'RUN_FILES', 'LOGGER_PACKAGES', 'normalised_as_pretrained', 'build_trainer', 'resume_conflicts',
+           'RunFolderError', 'run_files', 'check_run_folder', 'run_lock', 'train', 'check_loggers', 'single_pass',
+           'dry_run', 'checkpoint_config', 'evaluate', 'confusion_figure']
 
 # %% ../../nbs/12_training_cli.ipynb #be992d95
 def normalised_as_pretrained(config: TrainConfig) -> TrainConfig:
@@ -85,6 +106,7 @@ def build_trainer(
         log_every=config.log_every,
         seed=config.seed,
         run_config=config_to_dict(config),
+        num_threads=resolve_threads(config.threads, parts["model"], config.device),
         **trainer_kwargs,
     )
 
@@ -97,6 +119,8 @@ RESUME_MAY_CHANGE = frozenset(
         "checkpoint_dir",
         "experiment_name",
         "log_every",
+        "threads",
+        "loggers",
         "save_best",
         "save_every",
         "early_stopping_patience",
@@ -137,11 +161,18 @@ class RunFolderError(ValueError):
     "A run folder that holds another run, or that another process is running in."
 
 
-RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "epoch_*.pt")
+RUN_FILES = (
+    "config.yaml",
+    "metrics.csv",
+    "last.pt",
+    "best.pt",
+    "epoch_*.pt",
+    "tensorboard",  # TensorBoard's event files: a folder
+)
 
 
 def run_files(folder: str | os.PathLike) -> list[Path]:
-    "The files of a run in `folder`: what a new run there would replace."
+    "The files (and folders) of a run in `folder`: what a new run there would replace."
     folder = Path(folder)
     return sorted({p for pattern in RUN_FILES for p in folder.glob(pattern)})
 
@@ -251,9 +282,9 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run `config` as the command line does: progress bars, a line per epoch, and
-    checkpoints and metrics.csv in checkpoint_dir, with `callbacks` besides (and
-    without the bars unless `progress`). Everything
-    is checked before anything is written: the configuration, the device, the
+    checkpoints and the loggers' files in checkpoint_dir, with `callbacks` besides
+    (and without the bars unless `progress`). Everything is checked before anything
+    is written: the configuration, the device, the loggers' packages, the
     checkpoint `resume_from` (which must be of this run), and the folder, which must
     not hold another run unless `overwrite` and must not be in use. `config_file`, the
     file `config` was read from, is never overwritten. In a distributed run every
@@ -262,6 +293,7 @@ def train(
     out = Path(config.checkpoint_dir)
     rank, _, world_size = distributed_info()
     resolve_device(config.device)  # a device this machine lacks fails here, first
+    check_loggers(config)
     if (
         config_file is not None
         and (out / "config.yaml").resolve() == Path(config_file).resolve()
@@ -290,7 +322,10 @@ def train(
             check_run_folder(out, resume_from, overwrite)
             if overwrite and resume_from is None:
                 for old in run_files(out):
-                    old.unlink()
+                    if old.is_dir():
+                        shutil.rmtree(old)
+                    else:
+                        old.unlink()
         return trainer.fit(resume_from=checkpoint)
 
 # %% ../../nbs/12_training_cli.ipynb #bd98e5f4
@@ -302,11 +337,16 @@ def _callbacks(
     progress: bool,
 ) -> list[Callback]:
     "The callbacks of a run of `config` writing into `out`, then `extra`."
+    loggers = {
+        "csv": lambda: CSVLogger(out / "metrics.csv"),
+        "tensorboard": lambda: TensorBoardLogger(out / "tensorboard"),
+        "wandb": lambda: WandbCallback(project=config.experiment_name),
+    }
     callbacks = [
         _Announce(config, out, world_size),
         *([ProgressCallback(log_every=config.log_every)] if progress else []),
         PrintCallback(),
-        CSVLogger(out / "metrics.csv"),
+        *(loggers[name]() for name in config.loggers),
         _SaveConfig(config, out / "config.yaml"),
         CheckpointCallback(
             out,
@@ -321,13 +361,54 @@ def _callbacks(
         callbacks.append(EarlyStoppingCallback(config.monitor, patience=patience))
     return callbacks
 
+# %% ../../nbs/12_training_cli.ipynb #1779b452
+# each logger's package, which a run imports before it writes anything
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_loggers(config: TrainConfig) -> None:
+    """Refuse a logger of `config.loggers` whose package is not installed: a
+    `ConfigError` at `loggers` that says what to install."""
+    for logger in config.loggers:
+        package = LOGGER_PACKAGES.get(logger)
+        if package is None:  # "csv" needs nothing
+            continue
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise ConfigError(
+                "loggers",
+                reason=f"{logger!r} needs the {package} package: "
+                f"pip install 'neural-stack[{logger}]'",
+            ) from None
+
+# %% ../../nbs/12_training_cli.ipynb #cf58dba8
+@contextmanager
+def single_pass(loader: DataLoader) -> Iterator[Iterator]:
+    """An iterator over `loader` whose worker processes end with the block. A loader
+    with persistent workers otherwise keeps them, for its next epoch, until it is
+    garbage collected, and a process forked meanwhile inherits them."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        # PyTorch has no public call that ends a loader's workers: drop the loader's
+        # own reference to its iterator, and shut the iterator's workers down now.
+        if getattr(loader, "_iterator", None) is batches:
+            loader._iterator = None
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
 # %% ../../nbs/12_training_cli.ipynb #d2d10981
 def dry_run(config: TrainConfig) -> dict[str, Any]:
     """Check and build the run `config` describes and train one batch, writing
     nothing: what `neural-stack train --dry-run` reports."""
+    check_loggers(config)
     trainer = build_trainer(config)
     trainer._prepare()  # the device, precision and seed, as `fit` would
-    batch = next(iter(trainer.train_loader))
+    with single_pass(trainer.train_loader) as batches:
+        batch = next(batches)
     step = trainer.train_step(batch)
     return {
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
@@ -335,3 +416,124 @@ def dry_run(config: TrainConfig) -> dict[str, Any]:
         "batch": tuple(batch[0].shape),
         "loss": float(step["loss"]),
     }
+
+# %% ../../nbs/12_training_cli.ipynb #86f0e57e
+def checkpoint_config(
+    checkpoint: dict[str, Any], source: str, overrides: Sequence[str] = ()
+) -> TrainConfig:
+    """The configuration the run that wrote `checkpoint` (read from `source`) ran,
+    with `overrides` applied and checked like a file."""
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"{source}: holds no run configuration (a Trainer built without "
+            "run_config wrote it); evaluate needs a checkpoint of a run"
+        )
+    return apply_overrides(config_from_dict(TrainConfig, saved), overrides)
+
+
+def _restored_model(config: TrainConfig, checkpoint: dict, source: str) -> nn.Module:
+    "The model of `config` with the checkpoint's weights, in eval mode."
+    try:  # no published weights to fetch: the checkpoint holds the weights
+        model = build_model(replace(config.model, pretrained=False))
+    except ModelTooLargeError as e:
+        raise ConfigError("model", reason=str(e)) from None
+    except ArgumentError as e:
+        raise ConfigError.from_argument(e, "model.") from None
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())  # PyTorch lists every mismatch on lines
+        raise CheckpointError(
+            f"{source}: its weights do not fit the model configured: {reason[:300]}"
+        ) from None
+    return model.eval()
+
+# %% ../../nbs/12_training_cli.ipynb #c1cac95c
+def _validation_sums(
+    model: nn.Module,
+    loader: DataLoader,
+    config: TrainConfig,
+    device: torch.device,
+    classes: int,
+) -> tuple[float, torch.Tensor, int]:
+    """The summed loss, the confusion counts and the top-5 hits of `model` over
+    `loader`, summed as the trainer's validation sums them."""
+    amp = (
+        torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype])
+        if config.use_amp
+        else nullcontext()
+    )
+    criterion = build_criterion(config.label_smoothing)
+    loss_sum = torch.zeros((), device=device)
+    confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    threads = resolve_threads(config.threads, model, device)
+    with (
+        cpu_threads(threads),
+        torch.inference_mode(),
+        amp,
+        single_pass(loader) as batches,
+    ):
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(device), targets.to(device)
+            logits = model(inputs)
+            loss_sum += criterion(logits, targets).float() * len(targets)
+            pairs = targets * classes + logits.argmax(-1)
+            confusion += torch.bincount(pairs, minlength=classes**2)
+            best = logits.topk(min(5, classes), dim=-1).indices
+            top5 += (best == targets[:, None]).any(-1).sum()
+    return float(loss_sum), confusion.view(classes, classes).cpu(), int(top5)
+
+# %% ../../nbs/12_training_cli.ipynb #c2872aff
+def evaluate(
+    checkpoint_path: str | os.PathLike, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The loss, top-1 and (with more than 5 classes) top-5 accuracy of the model in
+    `checkpoint_path` on its run's validation split, with the confusion matrix (rows:
+    true classes, columns: predicted), the number of images, the checkpoint's epoch
+    and the configuration used: the run's, with `overrides` (`data.data_dir=...`,
+    `device=cpu`). Top-1 is what the run reported as `val/accuracy` for these weights."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = checkpoint_config(checkpoint, str(checkpoint_path), overrides)
+    device = resolve_device(config.device)
+    model = _restored_model(config, checkpoint, str(checkpoint_path)).to(device)
+    _, loader = build_dataloaders(config.data, seed=config.seed)
+    classes = get_dataset_info(config.data.dataset).num_classes
+    loss_sum, confusion, top5 = _validation_sums(model, loader, config, device, classes)
+    images = int(confusion.sum())
+    result = {
+        "loss": loss_sum / images,
+        "top1": float(confusion.diag().sum()) / images,
+    }
+    if classes > 5:
+        result["top5"] = top5 / images
+    result.update(
+        confusion=confusion, images=images, epoch=checkpoint["epoch"], config=config
+    )
+    return result
+
+# %% ../../nbs/12_training_cli.ipynb #ea2a2c7b
+def confusion_figure(confusion: torch.Tensor, title: str = "") -> Any:
+    "A plotly heatmap of `confusion` (rows: true classes, columns: predicted), counts shown."
+    import plotly.graph_objects as go  # here: only a figure needs plotly
+
+    labels = [str(i) for i in range(len(confusion))]
+    fig = go.Figure(
+        go.Heatmap(
+            z=confusion.tolist(),
+            x=labels,
+            y=labels,
+            colorscale="Blues",
+            texttemplate="%{z}",
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="predicted class",
+        yaxis=dict(title="true class", autorange="reversed"),
+        width=520,
+        height=480,
+    )
+    return fig
