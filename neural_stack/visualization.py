@@ -200,11 +200,11 @@ _FUSE = {
 def attention_rollout(attentions, head_fusion: str = "mean") -> Tensor:
     """Attention rollout (Abnar and Zuidema, 2020): `attentions` holds one [B, H, N, N]
     tensor per layer (a list, as `VisionTransformer` returns them, or stacked
-    [L, B, H, N, N]). Each layer's heads are fused (`head_fusion`: mean, max or min),
-    the identity is mixed in for the residual connection, 0.5 A + 0.5 I, rows are
-    renormalised, and the layers are multiplied, the last on the left. Returns
-    [B, N, N]: row i says how much each input token flows into token i of the last
-    layer."""
+    [L, B, H, N, N]). Each layer's heads are fused (`head_fusion`: mean, as in the
+    paper, or vit-explain's max or min), the identity is mixed in for the residual
+    connection, 0.5 A + 0.5 I, rows are renormalised, and the layers are multiplied,
+    the last on the left. Returns [B, N, N]: row i says how much each input token
+    flows into token i of the last layer."""
     if head_fusion not in _FUSE:
         raise ValueError(
             f"head_fusion: {head_fusion!r} is not one of {', '.join(_FUSE)}"
