@@ -9,6 +9,7 @@ import argparse
 import shlex
 import signal
 import sys
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -160,7 +161,7 @@ def _add_runs(commands: argparse._SubParsersAction) -> None:
         "runs",
         help="check the recorded runs against the code, or rebuild them",
         description="Check the recorded runs in runs/ against the code (check: every "
-        "record's fingerprint, and the first epochs of a sample re-trained), or train "
+        "record's fingerprint, and the first epochs of each re-trained), or train "
         "them again and record them anew (rebuild). Chapter 13 explains the records.",
     )
     runs_cmd.add_argument("action", choices=("check", "rebuild"))
@@ -168,8 +169,7 @@ def _add_runs(commands: argparse._SubParsersAction) -> None:
         "names",
         nargs="*",
         metavar="NAME",
-        help="records, or folders of records, e.g. positions (default: check a "
-        "sample, rebuild all)",
+        help="records, or folders of records, e.g. positions (default: all of them)",
     )
     runs_cmd.add_argument(
         "--root", type=Path, default=Path("runs"), help="the records' folder (runs)"
@@ -420,14 +420,16 @@ def _models_table() -> str:
     rows = [("name", "model.source", "builds")]
     for name, entry in MODELS.items():
         doc = " ".join((entry.build.__doc__ or "").split()).replace("`", "")
-        rows.append((name, ", ".join(entry.sources), doc.split(": ")[0].rstrip(".")))
+        builds = doc.split(": ")[0].split(", ")[0].rstrip(".")  # its first clause
+        rows.append((name, ", ".join(entry.sources), builds))
     ports = [s for e in MODELS.values() for s in e.sources if s != "custom"]
-    note = (
-        f"\n\nmodel.source={' or '.join(sorted(set(ports)))}: built by that library, "
+    note = textwrap.fill(
+        f"model.source={' or '.join(sorted(set(ports)))}: built by that library, "
         "then ported into our VisionTransformer through the weight ports; with "
-        "model.pretrained=true, from its published weights"
+        "model.pretrained=true, from its published weights",
+        88,
     )
-    return _table(rows) + (note if ports else "")
+    return _table(rows) + (f"\n\n{note}" if ports else "")
 
 
 def _datasets_table() -> str:

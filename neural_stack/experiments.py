@@ -13,6 +13,7 @@ import importlib
 import inspect
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -22,14 +23,15 @@ import tempfile
 import textwrap
 import time
 import tokenize
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from torch import nn
 
 from fastcore.basics import patch
@@ -45,11 +47,12 @@ from neural_stack.training.config import (
 )
 from .training.factory import build_model
 from .training.trainer import Callback, Trainer, TrainState
-from .validation import ArgumentError, check_int
+from .validation import ArgumentError, check_int, check_number
 
 # %% auto #0
-__all__ = ['FINGERPRINTED', 'UNRECORDED', 'TOLERANCE', 'sweep', 'summarise', 'code_fingerprint', 'run_settings', 'machine',
-           'weights_digest', 'Run', 'train_run', 'RecordError', 'slug', 'RunRecords', 'cpu_threads', 'runs_command']
+__all__ = ['FINGERPRINTED', 'UNRECORDED', 'TOLERANCE', 'sweep', 'summarise', 'Difference', 'compare', 'code_fingerprint',
+           'run_settings', 'machine', 'weights_digest', 'Run', 'train_run', 'RecordError', 'slug', 'RunRecords',
+           'runs_command']
 
 # %% ../nbs/13_experiments.ipynb #dc68585b
 def sweep(
@@ -111,18 +114,107 @@ def sweep(
         print(records.describe(name, runs))
     return pd.DataFrame(rows)
 
+# %% ../nbs/13_experiments.ipynb #c51eb3ed
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The `confidence` interval of the mean of `values` (Student's t): NaN for fewer
+    than two values, the mean itself where they are all equal."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    if np.ptp(values) == 0:
+        return float(values[0]), float(values[0])
+    bounds = stats.ttest_1samp(values, 0.0).confidence_interval(confidence)
+    return float(bounds.low), float(bounds.high)
 
-def summarise(runs: pd.DataFrame, metric: str = "val/accuracy") -> pd.DataFrame:
+
+def summarise(
+    runs: pd.DataFrame, metric: str = "val/accuracy", confidence: float = 0.95
+) -> pd.DataFrame:
     """Mean, standard deviation, minimum and maximum of `metric` for each variant of
-    `sweep`'s runs, in the order the variants ran, with the number of seeds."""
+    `sweep`'s runs, in the order the variants ran, with the number of seeds and the
+    `confidence` interval of the mean, `low` to `high` (Student's t over the seeds)."""
     if metric not in runs.columns:
         raise ArgumentError(
             "metric", metric, f"one of the columns {list(runs.columns)}"
         )
-    summary = runs.groupby("variant", sort=False)[metric].agg(
-        ["mean", "std", "min", "max", "count"]
-    )
-    return summary.rename(columns={"count": "seeds"})
+    check_number("confidence", confidence, above=0, below=1)
+    groups = runs.groupby("variant", sort=False)[metric]
+    summary = groups.agg(["mean", "std", "min", "max", "count"])
+    summary = summary.rename(columns={"count": "seeds"})
+    bounds = [_interval(g.to_numpy(), confidence) for _, g in groups]
+    summary["low"], summary["high"] = zip(*bounds)
+    return summary
+
+# %% ../nbs/13_experiments.ipynb #71ca69fd
+@dataclass(frozen=True)
+class Difference:
+    """Variant `a` against variant `b`: the mean difference of `metric` (a - b) over
+    `seeds` seeds, and its `confidence` interval, `low` to `high`."""
+
+    a: str
+    b: str
+    metric: str
+    mean: float
+    low: float
+    high: float
+    seeds: int
+    paired: bool
+    confidence: float = 0.95
+
+    @property
+    def decided(self) -> bool:
+        "Whether the interval excludes zero: one variant is ahead at this confidence."
+        return self.low > 0 or self.high < 0
+
+    @property
+    def verdict(self) -> str:
+        "'ahead', 'behind' (a against b), or 'no clear difference at N seeds'."
+        if self.decided:
+            return "ahead" if self.low > 0 else "behind"
+        return f"no clear difference at {self.seeds} seeds"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.a} - {self.b}: {self.mean:+.3f}, {self.confidence:.0%} interval "
+            f"[{self.low:+.3f}, {self.high:+.3f}]; {self.verdict}"
+        )
+
+# %% ../nbs/13_experiments.ipynb #dbb9490f
+def compare(
+    runs: pd.DataFrame,
+    a: str,
+    b: str,
+    metric: str = "val/accuracy",
+    confidence: float = 0.95,
+) -> Difference:
+    """Variant `a` against variant `b` of `sweep`'s runs. Where the two ran the same
+    seeds, the runs are paired by seed and the interval is Student's t over the
+    per-seed differences; otherwise it is Welch's, over the two samples."""
+    if metric not in runs.columns:
+        raise ArgumentError(
+            "metric", metric, f"one of the columns {list(runs.columns)}"
+        )
+    check_number("confidence", confidence, above=0, below=1)
+    samples = []
+    for name in (a, b):
+        sample = runs.loc[runs["variant"] == name].set_index("seed")[metric]
+        if len(sample) < 2:
+            known = list(dict.fromkeys(runs["variant"]))
+            raise ArgumentError(
+                name, len(sample), f"a variant of 2 seeds or more: {known}"
+            )
+        samples.append(sample)
+    x, y = samples
+    paired = set(x.index) == set(y.index)
+    if paired:
+        differences = (x - y.loc[x.index]).to_numpy()
+        low, high = _interval(differences, confidence)
+        mean, seeds = float(differences.mean()), len(differences)
+    else:
+        test = stats.ttest_ind(x.to_numpy(), y.to_numpy(), equal_var=False)
+        bounds = test.confidence_interval(confidence)
+        low, high = float(bounds.low), float(bounds.high)
+        mean, seeds = float(x.mean() - y.mean()), min(len(x), len(y))
+    return Difference(a, b, metric, mean, low, high, seeds, paired, confidence)
 
 # %% ../nbs/13_experiments.ipynb #8b2f5cbe
 FINGERPRINTED = (
@@ -181,6 +273,8 @@ UNRECORDED = (
     "checkpoint_dir",
     "experiment_name",
     "log_every",
+    "loggers",
+    "threads",
     "save_best",
     "save_every",
     "data.data_dir",
@@ -200,14 +294,15 @@ def run_settings(config: TrainConfig) -> dict:
     return settings
 
 
-def machine(device: torch.device | str) -> dict:
-    "What a run runs on: the device, the versions, the CPU threads and kernels."
+def machine(device: torch.device | str, threads: int | None = None) -> dict:
+    """What a run runs on: the device, the versions, the CPU threads (`threads`, or
+    this process's) and kernels."""
     device = torch.device(device)
     info = {
         "device": str(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
+        "threads": threads or torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if device.type == "cuda":
@@ -271,7 +366,7 @@ def train_run(
         history=history,
         parameters=sum(p.numel() for p in trainer.model.parameters()),
         seconds=time.perf_counter() - start,
-        machine=machine(trainer.device),
+        machine=machine(trainer.device, trainer.num_threads),
         source="trained",
         model=trainer.model.eval(),
     )
@@ -524,17 +619,6 @@ def _trainer_args(
     return trainer_class, kwargs
 
 
-@contextmanager
-def cpu_threads(threads: int) -> Iterator[None]:
-    "Run the block on `threads` CPU threads, then on as many as before."
-    before = torch.get_num_threads()
-    torch.set_num_threads(check_int("threads", threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @patch
 def retrain(self: RunRecords, name: str, epochs: int | None = None) -> Run:
     """Train the record `name` again from its own files, on as many CPU threads as it
@@ -542,24 +626,10 @@ def retrain(self: RunRecords, name: str, epochs: int | None = None) -> Run:
     record, config, _ = self._read(name)
     trainer_class, kwargs = self._trainer_args(record["trainer"])
     stop = [] if epochs is None else [_StopAfter(check_int("epochs", epochs))]
-    with cpu_threads(record["machine"]["threads"]):
-        return train_run(name, config, stop, trainer_class=trainer_class, **kwargs)
+    config = replace(config, threads=record["machine"]["threads"])
+    return train_run(name, config, stop, trainer_class=trainer_class, **kwargs)
 
 # %% ../nbs/13_experiments.ipynb #7f693e28
-@patch
-def sample(self: RunRecords) -> list[str]:
-    """The records `check` re-trains: every record that is not one seed of several
-    (`.../seed-N`), and the lowest seed of every variant of every sweep."""
-    first = {}
-    for name in self.names():
-        group, _, last = name.rpartition("/")
-        seed = re.fullmatch(r"seed-(\d+)", last)
-        key, order = (group, int(seed[1])) if seed and group else (name, -1)
-        if key not in first or order < first[key][0]:
-            first[key] = (order, name)
-    return sorted(name for _, name in first.values())
-
-
 def _without_seconds(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in history]
 
@@ -581,11 +651,11 @@ def check(
     self: RunRecords, names: Sequence[str] | None = None, epochs: int = 1
 ) -> list[str]:
     """Verify the records: every one must load and carry the current code's
-    fingerprint; those of `names` (default: `sample()`) are re-trained for `epochs`
+    fingerprint; those of `names` (default: all) are re-trained for `epochs`
     epochs and must match their record within `TOLERANCE`. Prints each one's largest
     differences; returns the problems, one line each."""
     check_int("epochs", epochs)
-    names = self.sample() if names is None else list(names)
+    names = self.names() if names is None else list(names)
     current, problems, recorded = code_fingerprint(), [], self.names()
     stale = {}  # the changed parts of the code, and how many records they concern
     for name in recorded:
@@ -638,8 +708,8 @@ def rebuild(self: RunRecords, names: Sequence[str] | None = None) -> dict[str, b
     for name in order:
         record, config, history = self._read(name)
         trainer_class, kwargs = self._trainer_args(record["trainer"], verify=False)
-        with cpu_threads(record["machine"]["threads"]):
-            run = train_run(name, config, trainer_class=trainer_class, **kwargs)
+        config = replace(config, threads=record["machine"]["threads"])
+        run = train_run(name, config, trainer_class=trainer_class, **kwargs)
         weights = record["weights"] is not None
         same = _without_seconds(run.history) == _without_seconds(history) and (
             not weights or weights_digest(run.model) == record["weights"]

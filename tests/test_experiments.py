@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from neural_stack.training.run import build_trainer
-from neural_stack.experiments import summarise, sweep
+from neural_stack.experiments import compare, summarise, sweep
 from neural_stack.training import (
     ConfigError,
     DataConfig,
@@ -99,3 +99,53 @@ def test_summarise_keeps_the_variants_order():
     assert math.isnan(one.loc["a", "std"])  # one seed has no spread
     with pytest.raises(ArgumentError, match=r"metric='val/top5'"):
         summarise(runs, metric="val/top5")
+
+
+def test_summarise_gives_students_t_interval_of_the_mean():
+    runs = pd.DataFrame(
+        {"variant": ["b"] * 3 + ["a"] * 2, "seed": [0, 1, 2, 0, 1]}
+        | {"val/accuracy": [0.5, 0.7, 0.9, 0.3, 0.3]}
+    )
+    table = summarise(runs)
+    half = 4.302652729911275 * 0.2 / math.sqrt(3)  # t(0.975, 2 df) s / sqrt(n)
+    assert table.loc["b", "low"] == pytest.approx(0.7 - half)
+    assert table.loc["b", "high"] == pytest.approx(0.7 + half)
+    assert (table.loc["a", "low"], table.loc["a", "high"]) == (0.3, 0.3)  # no spread
+    narrow = summarise(runs, confidence=0.5).loc["b"]
+    assert (
+        table.loc["b", "low"] < narrow["low"] < narrow["high"] < table.loc["b", "high"]
+    )
+    one = summarise(runs.head(1)).loc["b"]
+    assert math.isnan(one["low"]) and math.isnan(one["high"])
+    with pytest.raises(ArgumentError, match=r"^confidence=1"):
+        summarise(runs, confidence=1)
+
+
+def test_compare_pairs_by_seed_where_the_seeds_are_shared():
+    accuracy = [0.80, 0.90, 0.70, 0.83, 0.94, 0.75]  # b = a + 0.03, 0.04, 0.05
+    runs = pd.DataFrame(
+        {"variant": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2}
+        | {"val/accuracy": accuracy}
+    )
+    d = compare(runs, "b", "a")
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # the differences: sd 0.01
+    assert d.paired and d.seeds == 3 and d.mean == pytest.approx(0.04)
+    assert (d.low, d.high) == (pytest.approx(0.04 - half), pytest.approx(0.04 + half))
+    assert d.decided and d.verdict == "ahead"
+    assert compare(runs, "a", "b").verdict == "behind"
+    # unpaired, the seeds' spread (0.1) swamps the same difference: Welch's interval
+    unpaired = runs.assign(seed=[0, 1, 2, 3, 4, 5])
+    d = compare(unpaired, "b", "a")
+    assert not d.paired and d.low < 0 < d.high
+    assert d.verdict == "no clear difference at 3 seeds"
+    assert str(d).startswith("b - a: +0.040, 95% interval [-")
+
+
+def test_compare_refuses_unknown_variants_and_single_seeds():
+    runs = pd.DataFrame(
+        {"variant": ["a", "a", "b"], "seed": [0, 1, 0], "val/accuracy": [0.1, 0.2, 0.3]}
+    )
+    with pytest.raises(ArgumentError, match=r"^c=0; expected a variant of 2 seeds"):
+        compare(runs, "a", "c")
+    with pytest.raises(ArgumentError, match=r"^b=1; expected a variant of 2 seeds"):
+        compare(runs, "a", "b")

@@ -160,17 +160,23 @@ def test_a_sweep_reads_its_records_and_says_so(tmp_path, capsys):
         sweep(TINY, {"a b": [], "a-b": []}, records=RunRecords(tmp_path), name="x")
 
 
-def test_slug_and_sample():
+def test_slug():
     assert slug("hard + token, cnn teacher") == "hard-token-cnn-teacher"
     assert slug("vit, 10%") == "vit-10"
 
 
-def test_the_sample_holds_every_single_run_and_the_first_seed_of_each_variant(tmp_path):
+def test_select_names_records_and_folders_of_records(tmp_path):
     records = RunRecords(tmp_path)
     for name in ["a/x/seed-1", "a/x/seed-0", "a/y/seed-2", "b/teacher", "c"]:
         (tmp_path / name).mkdir(parents=True)
         (tmp_path / name / "record.json").write_text("{}")
-    assert records.sample() == ["a/x/seed-0", "a/y/seed-2", "b/teacher", "c"]
+    assert records.names() == [
+        "a/x/seed-0",
+        "a/x/seed-1",
+        "a/y/seed-2",
+        "b/teacher",
+        "c",
+    ]
     assert records.select(["a"]) == ["a/x/seed-0", "a/x/seed-1", "a/y/seed-2"]
     with pytest.raises(RecordError, match="no record 'd'"):
         records.select(["d"])
@@ -188,6 +194,18 @@ def test_check_passes_on_a_record_and_names_what_moved(recorded, capsys):
     assert problem.startswith(
         "tiny/seed-0: re-training no longer gives its record: val/loss"
     )
+
+
+def test_check_re_trains_every_seed_not_only_the_first(tmp_path, capsys):
+    records = RunRecords(tmp_path, write=True)
+    sweep(TINY, {"v": []}, seeds=[0, 1], verbose=False, records=records, name="s")
+    metrics = records.folder("s/v/seed-1") / "metrics.csv"
+    table = pd.read_csv(metrics)
+    table.loc[0, "train/loss"] *= 1.1
+    table.to_csv(metrics, index=False)
+    (problem,) = records.check()
+    assert problem.startswith("s/v/seed-1: re-training no longer gives its record")
+    assert "s/v/seed-0 re-trained" in capsys.readouterr().out
 
 
 def test_check_fails_where_the_code_changed_since_the_record(recorded):
