@@ -493,7 +493,8 @@ def evaluate(
     `checkpoint_path` on its run's validation split, with the confusion matrix (rows:
     true classes, columns: predicted), the number of images, the checkpoint's epoch
     and the configuration used: the run's, with `overrides` (`data.data_dir=...`,
-    `device=cpu`). Top-1 is what the run reported as `val/accuracy` for these weights."""
+    `device=cpu`). Top-1 is what the run reported as `val/accuracy` for these
+    weights."""
     checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint_config(checkpoint, str(checkpoint_path), overrides)
     device = resolve_device(config.device)
@@ -515,7 +516,8 @@ def evaluate(
 
 # %% ../../nbs/12_training_cli.ipynb #ea2a2c7b
 def confusion_figure(confusion: torch.Tensor, title: str = "") -> Any:
-    "A plotly heatmap of `confusion` (rows: true classes, columns: predicted), counts shown."
+    """A plotly heatmap of `confusion` (rows: true classes, columns: predicted), the
+    counts shown."""
     import plotly.graph_objects as go  # here: only a figure needs plotly
 
     labels = [str(i) for i in range(len(confusion))]
