@@ -29,13 +29,11 @@ def main(argv=None) -> int:
     print(f"\n== make test: steps by time ({total / 60:.1f} min in all)")
     for target, seconds in sorted(times.items(), key=lambda item: -item[1]):
         print(f"  {target:<16} {seconds:7.0f} s  {seconds / total:4.0%}")
-    if status:
-        print(f"  stopped: 'make {target}' failed (exit {status})")
+    if failed:
+        print(f"  stopped: 'make {failed}' failed (exit {status})")
     if args.report:
         with open(args.report, "w") as f:
-            json.dump(
-                {"steps": times, "failed": target if status else None}, f, indent=2
-            )
+            json.dump({"steps": times, "failed": failed}, f, indent=2)
     return status
 
 
