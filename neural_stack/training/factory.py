@@ -5,14 +5,21 @@
 # %% ../../nbs/08_training_factory.ipynb #569211b7
 from __future__ import annotations
 
+import difflib
+import hashlib
 import math
+import pickle
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
+from functools import cache
+from pathlib import Path
 
 import torch
 import torchvision
-from torch import nn
+from fastcore.basics import patch
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import (
     ConstantLR,
     CosineAnnealingLR,
@@ -37,11 +44,14 @@ from neural_stack.validation import (
     check_int,
     check_number,
     check_probability,
+    shorten,
 )
 
 # %% auto #0
-__all__ = ['MODELS', 'MAX_PARAMETERS', 'MAX_LAYERS', 'PRETRAINED', 'OPTIMIZERS', 'SCHEDULERS', 'ModelEntry', 'register_model',
-           'ModelConfig', 'build_model', 'ModelTooLargeError', 'count_parameters', 'check_model_size',
+__all__ = ['MODELS', 'FREEZE_OPTIONS', 'LIBRARIES', 'ARCHITECTURE_FIELDS', 'WEIGHT_FILES', 'MAX_PARAMETERS', 'MAX_LAYERS',
+           'PRETRAINED', 'OPTIMIZERS', 'SCHEDULERS', 'ModelEntry', 'register_model', 'ModelConfig', 'resolve_model',
+           'model_names', 'PretrainedWeightsWarning', 'build_model_and_report', 'build_model', 'weights_file',
+           'WeightsReport', 'load_weights', 'ModelTooLargeError', 'count_parameters', 'check_model_size',
            'parameter_limit', 'build_vit', 'pretrained_name', 'pretrained_stats', 'PretrainedWeightsError',
            'build_resnet18', 'build_cnn', 'parameter_groups', 'OptimizerConfig', 'build_optimizer', 'SchedulerConfig',
            'build_scheduler', 'build_criterion']
@@ -80,20 +90,24 @@ def register_model(
 # %% ../../nbs/08_training_factory.ipynb #511ed451
 @dataclass
 class ModelConfig(ViTConfig):
-    "The `model` section: a `ViTConfig` plus `name`, `source` and `pretrained`."
+    """The `model` section: a `ViTConfig` plus `name`, `source`, `pretrained`, and where
+    training starts (`init_from`) and what it trains (`freeze`)."""
 
     img_size: int | tuple[int, int] = (
         32  # [h, w] is read as h when h == w: square images
     )
-    name: str = "vit"
+    name: str = "vit"  # a registered name, or any timm / torchvision model name
     source: str = (
         "custom"  # "custom", or "timm" / "torchvision" through the weight ports
     )
     pretrained: bool = False
+    init_from: str | None = None  # a checkpoint, state dict or run folder to start from
+    freeze: str = "none"  # "backbone": train only a ViT's final norm and head
 
     def validate(self) -> ModelConfig:
         """Raise an `ArgumentError` naming the first field that cannot build the model:
-        the fields every model reads, then the named model's own check."""
+        the fields every model reads, then the named model's own check, then the
+        start (`init_from`, `pretrained`) and `freeze`."""
         size = self.img_size
         if isinstance(size, (tuple, list)):
             if len(size) != 2 or size[0] != size[1]:
@@ -103,28 +117,492 @@ class ModelConfig(ViTConfig):
             self.img_size = size[0]
         check_int("img_size", self.img_size)
         check_int("in_channels", self.in_channels)
-        entry = MODELS[check_choice("name", self.name, MODELS)]
-        check_choice("source", self.source, entry.sources)
-        if check_bool("pretrained", self.pretrained) and self.source == "custom":
-            raise ArgumentError(
-                "pretrained",
-                True,
-                "False with source='custom' (use 'timm' or 'torchvision')",
-            )
-        if entry.check is not None:
-            entry.check(self)  # the rest: each model checks the fields it reads
+        if self.name not in MODELS:
+            resolve_model(self)  # a library's name: its fields, then its checks
+        else:
+            entry = MODELS[self.name]
+            check_choice("source", self.source, entry.sources)
+            if check_bool("pretrained", self.pretrained) and self.source == "custom":
+                raise ArgumentError(
+                    "pretrained",
+                    True,
+                    "False with source='custom' (use 'timm' or 'torchvision')",
+                )
+            if entry.check is not None:
+                entry.check(self)  # the rest: each model checks the fields it reads
+        self._check_start()
         return self
 
     def vit_config(self) -> ViTConfig:
         "The `ViTConfig` part of this section."
         return ViTConfig(**{f.name: getattr(self, f.name) for f in fields(ViTConfig)})
 
+# %% ../../nbs/08_training_factory.ipynb #a1f80001
+FREEZE_OPTIONS = ("none", "backbone")
+
+
+@patch
+def _check_start(self: ModelConfig) -> None:
+    """`init_from` (a file or run folder that exists), not with `pretrained`; `freeze`
+    one of `FREEZE_OPTIONS`, "backbone" only for a ViT that starts from weights."""
+    if self.init_from is not None:
+        weights_file(self.init_from)
+        if self.pretrained:
+            raise ArgumentError(
+                "init_from",
+                self.init_from,
+                "None with pretrained=True: one start only, published weights or "
+                "a file",
+            )
+    if check_choice("freeze", self.freeze, FREEZE_OPTIONS) == "none":
+        return
+    if not self.is_vit():
+        raise ArgumentError(
+            "freeze",
+            self.freeze,
+            f"'none' for model.name={self.name!r}: only a VisionTransformer's backbone "
+            "is frozen",
+        )
+    if self.init_from is None and not self.pretrained:
+        raise ArgumentError(
+            "freeze",
+            self.freeze,
+            "'none' without init_from or pretrained=True: frozen random weights "
+            "teach nothing",
+        )
+
+
+@patch
+def is_vit(self: ModelConfig) -> bool:
+    "Whether `build_model` gives our `VisionTransformer` for this section."
+    if self.name in MODELS:
+        return self.name == "vit"
+    return _library_vit(*_library_key(self)) is not None
+
+# %% ../../nbs/08_training_factory.ipynb #a1f80002
+LIBRARIES = ("timm", "torchvision")
+# what a library's ViT decides: derived from the name, written into the section
+ARCHITECTURE_FIELDS = (
+    "patch_size",
+    "embed_dim",
+    "num_heads",
+    "num_layers",
+    "mlp_ratio",
+    "positional_embedding",
+    "use_cls_token",
+    "distillation_token",
+)
+
+
+def _library_model(
+    source: str, name: str, img_size: int, in_channels: int, num_classes: int, **kw
+) -> nn.Module:
+    """The model `source` builds for `name` (no weights): `img_size` passed where its
+    constructor takes one (ViTs; a convolutional network takes any size)."""
+    if source == "timm":
+        import timm
+
+        kw |= dict(in_chans=in_channels, num_classes=num_classes)
+        try:
+            return timm.create_model(name, img_size=img_size, **kw)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+        return timm.create_model(name, **kw)
+    try:
+        return torchvision.models.get_model(
+            name, image_size=img_size, num_classes=num_classes, **kw
+        )
+    except TypeError as e:
+        if "image_size" not in str(e):
+            raise
+    if in_channels != 3:
+        raise ArgumentError(
+            "in_channels", in_channels, f"3 for torchvision's {name} (RGB images)"
+        )
+    return torchvision.models.get_model(name, num_classes=num_classes)
+
+
+def _library_key(config: ModelConfig) -> tuple[str, str, int, int, int]:
+    return (
+        config.source,
+        config.name.split(".")[0],  # a timm tag names weights, not an architecture
+        config.img_size,
+        config.in_channels,
+        config.num_classes,
+    )
+
+
+@cache
+def _library_vit(
+    source: str, name: str, img_size: int, in_channels: int, num_classes: int
+) -> ViTConfig | None:
+    """The `ViTConfig` of a library's model ported into ours, from a meta-device build
+    (no storage, no download, no random draw); None for a model used as built."""
+    try:
+        with torch.device("meta"):
+            model = _library_model(source, name, img_size, in_channels, num_classes)
+            port = from_timm if source == "timm" else from_torchvision
+            return port(model).config
+    except ArgumentError:
+        raise
+    except ValueError as e:
+        if str(e).startswith(("expected ", "cannot port")):
+            return None  # another family, or a ViT ours cannot express: as built
+        raise _cannot_build(source, name, e) from None
+    except (TypeError, RuntimeError, AssertionError) as e:
+        raise _cannot_build(source, name, e) from None
+
+
+def _cannot_build(source: str, name: str, error: Exception) -> ArgumentError:
+    first = (str(error).splitlines() or [""])[0]
+    return ArgumentError(
+        "name",
+        name,
+        f"a model {source} can build here ({type(error).__name__}: {first})",
+    )
+
+# %% ../../nbs/08_training_factory.ipynb #2ce44ca2
+@patch
+def has_batch_norm(self: ModelConfig) -> bool:
+    """Whether the model has batch norm, which cannot train on a batch of one image:
+    a registered model says so; a library's is built on the meta device and looked
+    at."""
+    if self.name in MODELS:
+        return MODELS[self.name].batch_norm
+    if self.is_vit():
+        return False
+    with torch.device("meta"):
+        model = _library_model(*_library_key(self))
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+# %% ../../nbs/08_training_factory.ipynb #a1f80003
+def resolve_model(config: ModelConfig) -> ModelConfig:
+    """Check `config.name` against its library (`source`) and write the architecture
+    fields of a named ViT into `config` (in place; returned), from a meta-device build:
+    no download, no random draw. Built-in names are left as they are."""
+    if config.name in MODELS:
+        return config
+    _check_library_name(config)
+    vit = _library_vit(*_library_key(config))
+    if vit is None:  # used as its library builds it: only the classes are read
+        check_int("num_classes", config.num_classes, minimum=0)
+    else:
+        defaults = ModelConfig()
+        for field in ARCHITECTURE_FIELDS:
+            ours, theirs = getattr(config, field), getattr(vit, field)
+            if ours != theirs and ours != getattr(defaults, field):
+                raise ArgumentError(
+                    field,
+                    ours,
+                    f"{theirs!r}, {config.name}'s own (or leave the field out)",
+                )
+            setattr(config, field, theirs)
+        _check_vit(config)
+    check_bool("pretrained", config.pretrained)
+    if config.pretrained:
+        pretrained_name(config)
+    return config
+
+
+def _check_library_name(config: ModelConfig) -> None:
+    "An `ArgumentError` unless `config.name` names a model of `config.source`."
+    name, source = config.name, config.source
+    if not isinstance(name, str) or not name:
+        raise ArgumentError("name", name, _names_allowed())
+    if source == "timm":
+        import timm
+
+        if timm.is_model(name) and (
+            "." not in name or name in timm.list_pretrained(name)
+        ):
+            return
+        known = timm.list_pretrained() if "." in name else timm.list_models()
+    elif source == "torchvision":
+        known = torchvision.models.list_models()
+        if name in known:
+            return
+    else:
+        known = list(MODELS)
+    near = difflib.get_close_matches(name, known, n=3)
+    hint = "; did you mean " + " or ".join(map(repr, near)) + "?" if near else ""
+    if source not in LIBRARIES and _is_timm_model(name):
+        hint = f"; {name!r} is a timm model: set source='timm'"
+    raise ArgumentError("name", name, _names_allowed() + hint)
+
+
+def _is_timm_model(name: str) -> bool:
+    try:
+        import timm
+    except ImportError:
+        return False
+    return timm.is_model(name)
+
+# %% ../../nbs/08_training_factory.ipynb #a1f80004
+def _names_allowed() -> str:
+    return (
+        "one of "
+        + ", ".join(map(repr, MODELS))
+        + ", or any timm model name with source='timm' (timm.list_models()), any "
+        "torchvision one with source='torchvision' (torchvision.models.list_models())"
+    )
+
+
+def model_names() -> list[tuple[str, str]]:
+    """(name, one line) for each registered model, then one line for each library
+    whose every model name works with its `source`."""
+    rows = []
+    for name, entry in MODELS.items():
+        doc = " ".join((entry.build.__doc__ or "").split()).replace("`", "")
+        rows.append((name, doc.split(": ")[0].rstrip(".")))
+    return rows + [
+        (
+            "<timm name>",
+            "with model.source=timm, any timm.list_models() name (a pretrained tag "
+            "such as vit_small_patch32_224.augreg_in21k too); ViTs ported into ours",
+        ),
+        (
+            "<torchvision name>",
+            "with model.source=torchvision, any torchvision.models.list_models() "
+            "name, such as vit_b_16; ViTs ported into ours",
+        ),
+    ]
+
+# %% ../../nbs/08_training_factory.ipynb #a1f80005
+class PretrainedWeightsWarning(UserWarning):
+    "Published weights could not be had: the model starts from random weights instead."
+
+
+def build_model_and_report(
+    config: ModelConfig,
+) -> tuple[nn.Module, WeightsReport | None]:
+    """`build_model`'s model and, with `config.init_from`, the `WeightsReport` of the
+    weights it starts from (None without). Where `pretrained` weights cannot be had
+    (no network, no cache) a `PretrainedWeightsWarning`, random weights, and
+    `config.pretrained` (and `freeze`) set back so that the section says what ran."""
+    check_model_size(config.validate())
+    state = torch.random.get_rng_state()
+    try:
+        model = _build_start(config)
+    except PretrainedWeightsError as error:
+        torch.random.set_rng_state(state)  # the draws of a pretrained=false config
+        config.pretrained, config.freeze = False, "none"
+        warnings.warn(
+            f"{' '.join(str(error).split())}; starting from random weights: "
+            "model.pretrained (and model.freeze) set to false",
+            PretrainedWeightsWarning,
+            stacklevel=2,
+        )
+        model = _build_start(config)
+    report = load_weights(model, config.init_from) if config.init_from else None
+    if config.freeze == "backbone":  # a linear probe: the final norm and the head
+        from neural_stack.training.transfer import freeze
+
+        freeze(model, embeddings=True, blocks=len(model.blocks))
+    return model, report
+
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The model `config.name` names, built by its registered builder after validation
-    and after its size is checked against `MAX_PARAMETERS` (`check_model_size`)."""
-    check_model_size(config.validate())
-    return MODELS[config.name].build(config)
+    """The model `config.name` names, built by its registered builder or its library
+    after validation and after its size is checked against `MAX_PARAMETERS`
+    (`check_model_size`); from `init_from`'s weights, frozen as `freeze` says."""
+    return build_model_and_report(config)[0]
+
+
+def _build_start(config: ModelConfig) -> nn.Module:
+    "The model with random or published weights, before `init_from` and `freeze`."
+    if config.name in MODELS:
+        return MODELS[config.name].build(config)
+    return _build_library(config)
+
+# %% ../../nbs/08_training_factory.ipynb #a1f80006
+def _build_library(config: ModelConfig) -> nn.Module:
+    """A library's model by name: a ViT ported into ours (from published weights with
+    `pretrained`), any other as its library builds it."""
+    if config.is_vit():
+        if config.pretrained:
+            return _pretrained_vit(config)
+        c = config.vit_config()
+        if config.source == "timm":
+            rates = dict(
+                pos_drop_rate=c.dropout,
+                proj_drop_rate=c.dropout,
+                attn_drop_rate=c.attention_dropout,
+                drop_path_rate=c.drop_path,
+            )
+            return from_timm(_library_model(*_library_key(config), **rates))
+        rates = dict(dropout=c.dropout, attention_dropout=c.attention_dropout)
+        return from_torchvision(_library_model(*_library_key(config), **rates))
+    if not config.pretrained:
+        return _library_model(*_library_key(config))
+    name = pretrained_name(config)
+    if config.source == "timm":
+        import timm
+
+        return _download(
+            "timm",
+            name,
+            lambda: timm.create_model(
+                name,
+                pretrained=True,
+                in_chans=config.in_channels,
+                num_classes=config.num_classes,
+            ),
+        )
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    return _download(
+        "torchvision", name, lambda: torchvision.models.get_model(name, weights=weights)
+    )
+
+# %% ../../nbs/08_training_factory.ipynb #a1f80007
+WEIGHT_FILES = ("model.pt", "best.pt", "last.pt")  # in a folder, the first one found
+
+
+def weights_file(path: str | Path) -> Path:
+    """The file `init_from` names: `path` itself, or in a run folder the first of
+    `WEIGHT_FILES` it holds (a recorded run's final `model.pt`, then the trainer's
+    `best.pt`, then `last.pt`); an `ArgumentError` naming `init_from` otherwise."""
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise ArgumentError("init_from", path, "None, or the path of a file or folder")
+    found = Path(path).expanduser()
+    if found.is_dir():
+        for name in WEIGHT_FILES:
+            if (found / name).is_file():
+                return found / name
+        raise ArgumentError(
+            "init_from", str(path), "a folder holding " + ", ".join(WEIGHT_FILES)
+        )
+    if not found.is_file():
+        raise ArgumentError("init_from", str(path), "a file or folder that exists")
+    return found
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """What `load_weights` loaded: the file, a prefix of its SHA-256 digest, the grid
+    its positions were resampled from and to, the classes its head had and has."""
+
+    path: str
+    sha256: str
+    grid: tuple[tuple[int, int], tuple[int, int]] | None = None
+    classes: tuple[int, int] | None = None
+
+    def __str__(self) -> str:
+        changes = []
+        if self.grid is not None:
+            (a, b), (c, d) = self.grid
+            changes.append(f"positions resampled {a}x{b} -> {c}x{d}")
+        if self.classes is not None:
+            changes.append(
+                f"head replaced: {self.classes[0]} -> {self.classes[1]} classes"
+            )
+        done = "; ".join(changes) or "every tensor as saved"
+        return f"weights from {self.path} (sha256 {self.sha256}): {done}"
+
+
+def _read_state(file: Path) -> dict[str, Tensor]:
+    "The state dict in `file`: a bare one, or a checkpoint's under 'model'."
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise ArgumentError(
+            "init_from",
+            str(file),
+            f"a file torch.load reads ({type(e).__name__}: {shorten(first, 80)})",
+        ) from None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in data.items()
+    ):
+        raise ArgumentError(
+            "init_from",
+            str(file),
+            "a state dict, or a checkpoint holding one under 'model'",
+        )
+    return data
+
+# %% ../../nbs/08_training_factory.ipynb #a1f80008
+def load_weights(model: nn.Module, path: str | Path) -> WeightsReport:
+    """Load into `model` (in place) the weights that `path` (a file or run folder, see
+    `weights_file`) holds. A `VisionTransformer`'s positional tables are resampled
+    when the grid differs; a head of another size stays as `model` drew it; every
+    other tensor must match, else an `ArgumentError` naming the first that does not."""
+    file = weights_file(path)
+    state = _read_state(file)
+    with file.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    target = model.state_dict()
+    vit = isinstance(model, VisionTransformer)
+    head = ("head.", "head_dist.") if vit else _last_linear(model)
+    ours = {k: v.shape for k, v in target.items() if k.startswith(head)}
+    theirs = {k: v.shape for k, v in state.items() if k.startswith(head)}
+    classes = None
+    if ours != theirs:  # a new head: the model keeps its own random draw
+        count = lambda shapes: next(
+            (s[0] for k, s in shapes.items() if k.endswith("weight")), 0
+        )
+        classes = (count(theirs), count(ours))
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+    grid = None
+    if vit:
+        state, grid = _resampled_positions(model, state)
+    for key, value in target.items():
+        if classes is not None and key.startswith(head):
+            continue
+        found = state.get(key)
+        if found is None or found.shape != value.shape:
+            there = "missing" if found is None else f"{list(found.shape)} in the file"
+            raise ArgumentError(
+                "init_from",
+                str(file),
+                f"weights that fit the model: {key} is {there}, "
+                f"{list(value.shape)} in the model",
+            )
+    extra = [k for k in state if k not in target]
+    if extra:
+        raise ArgumentError(
+            "init_from",
+            str(file),
+            f"weights that fit the model: {extra[0]} is not in it",
+        )
+    model.load_state_dict(state, strict=classes is None)
+    return WeightsReport(str(path), digest, grid, classes)
+
+
+def _last_linear(model: nn.Module) -> tuple[str, ...]:
+    "The key prefix of a model's classifier: its last `nn.Linear`."
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return (names[-1] + ".",) if names else ()
+
+# %% ../../nbs/08_training_factory.ipynb #a1f80009
+def _resampled_positions(
+    model: VisionTransformer, state: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], tuple[tuple[int, int], tuple[int, int]] | None]:
+    """`state` with its positional tables resampled to `model`'s grid (through
+    `PositionalEmbedding.resample`, as `VisionTransformer.resample` does), and the two
+    grids; unchanged, with None, when they agree or no square grid fits the file."""
+    pe, p = model.pos_embed, model.patch_embed.patch_size
+    theirs = {
+        k.removeprefix("pos_embed."): v
+        for k, v in state.items()
+        if k.startswith("pos_embed.")
+    }
+    shapes = {k: v.shape for k, v in theirs.items()}
+    if not theirs or shapes == {k: v.shape for k, v in pe.state_dict().items()}:
+        return state, None
+    for side in range(1, max(max(v.shape) for v in theirs.values()) + 1):
+        with torch.device("meta"):  # no storage, no random draw
+            old = PositionalEmbedding.create(
+                pe.kind, side * p, p, pe.embed_dim, pe.use_cls_token
+            )
+        if {k: v.shape for k, v in old.state_dict().items()} == shapes:
+            old.load_state_dict(theirs, assign=True)
+            new = old.resample(pe.grid_size).state_dict()
+            state = {**state, **{f"pos_embed.{k}": v for k, v in new.items()}}
+            return state, (old.grid_size, pe.grid_size)
+    return state, None  # the check that follows names the table that does not fit
 
 # %% ../../nbs/08_training_factory.ipynb #2def312c
 MAX_PARAMETERS = 1_000_000_000
@@ -140,7 +618,9 @@ def count_parameters(config: ModelConfig) -> int:
     `ModelTooLargeError` where even a tensor's size overflows there."""
     try:
         with torch.device("meta"):
-            model = MODELS[config.name].build(replace(config, pretrained=False))
+            model = _build_start(
+                replace(config, pretrained=False, init_from=None, freeze="none")
+            )
     except (OverflowError, TypeError, RuntimeError) as e:
         if "overflow" not in str(e).lower():
             raise
@@ -281,6 +761,8 @@ PRETRAINED = {
 
 def pretrained_name(config: ModelConfig) -> str:
     "The published weights `config` asks for, by their library's name."
+    if config.name not in MODELS:
+        return _published(config)
     c, table = config, PRETRAINED.get(config.source, {})
     key = (c.embed_dim, c.num_layers, c.num_heads, c.patch_size, c.distillation_token)
     usual = (
@@ -382,6 +864,33 @@ def _pretrained_vit(config: ModelConfig) -> VisionTransformer:
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("head.") for k in missing)
     return model
+
+# %% ../../nbs/08_training_factory.ipynb #a1f8000a
+def _published(config: ModelConfig) -> str:
+    """A library's model name with published weights (timm picks its default tag
+    for an untagged name); an `ArgumentError` where it has none."""
+    name = config.name
+    if config.source == "timm":
+        import timm
+
+        if timm.list_pretrained(name if "." in name else name + ".*"):
+            return name
+    else:
+        try:
+            torchvision.models.get_model_weights(name)
+        except ValueError:
+            pass
+        else:
+            if config.is_vit() or config.num_classes == 1000:
+                return name
+            raise ArgumentError(
+                "num_classes",
+                config.num_classes,
+                f"1000 for torchvision's published {name} weights (its ImageNet head)",
+            )
+    raise ArgumentError(
+        "pretrained", True, f"False: {config.source} publishes no weights for {name}"
+    )
 
 # %% ../../nbs/08_training_factory.ipynb #135e0a89
 def _check_resnet(config: ModelConfig) -> None:
