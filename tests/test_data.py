@@ -108,6 +108,7 @@ def test_defaults():
         batch_size=64,
         num_workers=0,
         pin_memory=False,
+        img_size=None,
         random_horizontal_flip=False,
         random_crop=False,
         crop_scale=(0.08, 1.0),
@@ -120,6 +121,11 @@ def test_defaults():
         rand_aug=False,
         rand_aug_num_ops=2,
         rand_aug_magnitude=9,
+        random_erasing=0.0,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        mix_prob=1.0,
+        mix_switch_prob=0.5,
         train_fraction=1.0,
         mean=None,
         std=None,
@@ -162,9 +168,10 @@ BAD = [
     (dict(rand_aug_num_ops=0), "rand_aug_num_ops", "an integer from 1 to 16"),
     (dict(rand_aug_num_ops=2.0), "rand_aug_num_ops", "an integer from 1 to 16"),
     (dict(rand_aug_num_ops=10**6), "rand_aug_num_ops", "an integer from 1 to 16"),
-    (dict(rand_aug_magnitude=31), "rand_aug_magnitude", "an integer from 0 to 30"),
-    (dict(rand_aug_magnitude=-1), "rand_aug_magnitude", "an integer >= 0"),
-    (dict(rand_aug_magnitude=9.0), "rand_aug_magnitude", "an integer >= 0"),
+    (dict(rand_aug_magnitude=11), "rand_aug_magnitude", "an integer from 0 to 10"),
+    (dict(rand_aug_magnitude=30), "rand_aug_magnitude", "an integer from 0 to 10"),
+    (dict(rand_aug_magnitude=-1), "rand_aug_magnitude", "an integer from 0 to 10"),
+    (dict(rand_aug_magnitude=9.0), "rand_aug_magnitude", "an integer from 0 to 10"),
     # combinations that cannot work: saturation and hue jitter on grey images
     (
         dict(color_jitter=True),
@@ -212,7 +219,7 @@ def test_bad_values_name_the_field_the_value_and_what_is_allowed(
         dict(color_jitter=True, jit_saturation=0.0, jit_hue=0),
         dict(jit_saturation=0.4, jit_hue=0.1),  # unused while color_jitter is off
         dict(crop_scale=[0.2, 1], crop_ratio=[1, 1]),  # YAML gives lists
-        dict(jit_hue=0.5, jit_brightness=3, rand_aug_magnitude=30, rand_aug_num_ops=5),
+        dict(jit_hue=0.5, jit_brightness=3, rand_aug_magnitude=10, rand_aug_num_ops=5),
         dict(jit_hue=0, rand_aug_magnitude=0, num_workers=0, batch_size=1),
     ],
 )
@@ -373,9 +380,9 @@ def test_build_augmentation_follows_the_config():
     ).transforms[0]
     assert crop.size == (28, 28) and crop.scale == (0.5, 1.0)
     magic = build_augmentation(
-        DataConfig(rand_aug=True, rand_aug_num_ops=3, rand_aug_magnitude=20)
+        DataConfig(rand_aug=True, rand_aug_num_ops=3, rand_aug_magnitude=7)
     ).transforms[0]
-    assert (magic.num_ops, magic.magnitude) == (3, 20)
+    assert (magic.num_ops, magic.magnitude, magic.num_magnitude_bins) == (3, 7, 11)
 
 
 def test_augmentation_is_for_training_only():

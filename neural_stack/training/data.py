@@ -16,7 +16,8 @@ from types import MappingProxyType
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.nn.functional import one_hot
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 
 from neural_stack.validation import (
@@ -28,9 +29,9 @@ from neural_stack.validation import (
 )
 
 # %% auto #0
-__all__ = ['DATASETS', 'DATASET_STATS', 'MAX_RAND_AUG_OPS', 'DatasetInfo', 'get_dataset_info', 'DatasetNotAvailableError',
-           'DatasetDamagedError', 'DataConfig', 'build_augmentation', 'ImageTensorDataset', 'seed_everything',
-           'train_size', 'build_dataloaders']
+__all__ = ['DATASETS', 'DATASET_STATS', 'MAX_RAND_AUG_OPS', 'MAX_RAND_AUG_MAGNITUDE', 'MAX_IMG_SIZE', 'DatasetInfo',
+           'get_dataset_info', 'DatasetNotAvailableError', 'DatasetDamagedError', 'DataConfig', 'image_size',
+           'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size', 'build_dataloaders']
 
 # %% ../../nbs/07_training_data.ipynb #472536aa
 @dataclass(frozen=True)
@@ -407,6 +408,33 @@ class _DatasetStats(Mapping):
 
 DATASET_STATS: Mapping[str, _Stats] = _DatasetStats()
 
+# %% ../../nbs/07_training_data.ipynb #c7e1a0d2
+def _check_unit(field: str, value: object) -> float:
+    "`value` as a float if it is a number from 0 to 1."
+    if check_number(field, value, at_least=0) > 1:
+        raise ArgumentError(field, value, "a number from 0 to 1")
+    return float(value)
+
+
+def _check_recipe(config: DataConfig) -> None:
+    "Raise an `ArgumentError` for `config`'s first bad size, RandAugment or mix field."
+    if config.img_size is not None:
+        check_int("img_size", config.img_size, maximum=MAX_IMG_SIZE)
+    magnitude = config.rand_aug_magnitude
+    if not isinstance(magnitude, bool) and isinstance(magnitude, int):
+        check_int("rand_aug_magnitude", magnitude, 0, MAX_RAND_AUG_MAGNITUDE)
+    else:
+        allowed = "an integer from 0 to 10 (RandAugment's and timm's scale; DeiT: 9)"
+        raise ArgumentError("rand_aug_magnitude", magnitude, allowed)
+    _check_unit("random_erasing", config.random_erasing)
+    for name in ("mixup_alpha", "cutmix_alpha"):
+        alpha = getattr(config, name)
+        allowed = "0 (off) or a number from 0.01 to 100"
+        if check_number(name, alpha, at_least=0) != 0 and not 0.01 <= alpha <= 100:
+            raise ArgumentError(name, alpha, allowed)
+    _check_unit("mix_prob", config.mix_prob)
+    _check_unit("mix_switch_prob", config.mix_switch_prob)
+
 # %% ../../nbs/07_training_data.ipynb #30aad9d4
 def _check_pair(field: str, value: object, at_most: float | None = None) -> tuple:
     "`value` if a pair (low, high) of finite numbers, 0 < low <= high (<= at_most)."
@@ -427,6 +455,8 @@ def _check_pair(field: str, value: object, at_most: float | None = None) -> tupl
 
 
 MAX_RAND_AUG_OPS = 16  # RandAugment uses 1 to 3; each op costs time per image
+MAX_RAND_AUG_MAGNITUDE = 10  # the scale of the RandAugment paper, timm and DeiT
+MAX_IMG_SIZE = 1024  # data.img_size: ViTs fine-tune at 224 to 518
 
 
 @dataclass
@@ -438,6 +468,7 @@ class DataConfig:
     batch_size: int = 64
     num_workers: int = 0
     pin_memory: bool = False
+    img_size: int | None = None  # None: the dataset's own; else resized, both splits
     random_horizontal_flip: bool = False
     random_crop: bool = False  # RandomResizedCrop back to the dataset's own size
     crop_scale: tuple[float, float] = (
@@ -452,7 +483,12 @@ class DataConfig:
     jit_hue: float = 0.1
     rand_aug: bool = False
     rand_aug_num_ops: int = 2
-    rand_aug_magnitude: int = 9  # torchvision's 31 bins, 0 to 30 (DeiT's m9: ~27)
+    rand_aug_magnitude: int = 9  # 0 to 10, as the paper, timm and DeiT (m9) count
+    random_erasing: float = 0.0  # chance to erase a box, normalised (DeiT: 0.25)
+    mixup_alpha: float = 0.0  # Beta(a, a) of MixUp's weight; 0: off (DeiT: 0.8)
+    cutmix_alpha: float = 0.0  # Beta(a, a) of CutMix's kept area; 0: off (DeiT: 1.0)
+    mix_prob: float = 1.0  # chance that a training batch is mixed, if either is on
+    mix_switch_prob: float = 0.5  # chance of CutMix rather than MixUp, both on
     train_fraction: float = 1.0  # the share of the training split used: learning curves
     mean: tuple[float, ...] | None = None  # per channel; None: the dataset's own
     std: tuple[float, ...] | None = None  # (DATASET_STATS); pretrained weights' own
@@ -489,13 +525,7 @@ class DataConfig:
         ):
             raise ArgumentError("jit_hue", hue, "a finite number >= 0 and <= 0.5")
         check_int("rand_aug_num_ops", self.rand_aug_num_ops, maximum=MAX_RAND_AUG_OPS)
-        magnitude = self.rand_aug_magnitude
-        if check_int("rand_aug_magnitude", magnitude, minimum=0) > 30:
-            raise ArgumentError(
-                "rand_aug_magnitude",
-                magnitude,
-                "an integer from 0 to 30 (RandAugment's bins)",
-            )
+        _check_recipe(self)
         if (self.mean is None) != (self.std is None):
             given, missing = ("mean", "std") if self.std is None else ("std", "mean")
             raise ArgumentError(missing, None, f"a list like {given} (both or neither)")
@@ -521,10 +551,25 @@ class DataConfig:
                 raise ArgumentError(name, getattr(self, name), allowed)
         return self
 
+# %% ../../nbs/07_training_data.ipynb #b3f9c2e4
+def image_size(config: DataConfig) -> int:
+    "The side of the square images in `config`'s batches: `img_size`, or the dataset's."
+    if config.img_size is not None:
+        return config.img_size
+    return get_dataset_info(config.dataset).img_size
+
 # %% ../../nbs/07_training_data.ipynb #8fb15907
+def _resize(config: DataConfig) -> list[v2.Transform]:
+    "The resize to `img_size` that both splits get first, if it changes the size."
+    size = image_size(config)
+    if size == get_dataset_info(config.dataset).img_size:
+        return []
+    return [v2.Resize((size, size), antialias=True)]  # bilinear
+
+
 def _augmentations(config: DataConfig) -> list[v2.Transform]:
-    size = get_dataset_info(config.dataset).img_size
-    steps = []
+    size = image_size(config)
+    steps = _resize(config)
     if config.random_crop:
         scale, ratio = (
             tuple(map(float, config.crop_scale)),
@@ -545,14 +590,17 @@ def _augmentations(config: DataConfig) -> list[v2.Transform]:
             )
         )
     if config.rand_aug:
-        steps.append(
-            v2.RandAugment(config.rand_aug_num_ops, magnitude=config.rand_aug_magnitude)
-        )
+        # 11 bins: bin m is m / 10 of each op's largest change, timm's and DeiT's scale
+        bins = MAX_RAND_AUG_MAGNITUDE + 1
+        ops, magnitude = config.rand_aug_num_ops, config.rand_aug_magnitude
+        steps.append(v2.RandAugment(ops, magnitude, num_magnitude_bins=bins))
     return steps
 
 
 def build_augmentation(config: DataConfig) -> v2.Compose:
-    "The training augmentation `config` asks for: uint8 images [C, H, W] in and out."
+    """The per-image training augmentation `config` asks for, the resize to `img_size`
+    first: uint8 images [C, H, W] in and out. Random erasing and the batch mixes work on
+    normalised images and are the loader's (`build_dataloaders`)."""
     return v2.Compose(_augmentations(config.validate()) or [v2.Identity()])
 
 # %% ../../nbs/07_training_data.ipynb #93b21854
@@ -645,18 +693,66 @@ def _subset(n: int, size: int) -> Tensor:
         0
     ]
 
+# %% ../../nbs/07_training_data.ipynb #d4a8e6f1
+def _batch_mix(config: DataConfig) -> v2.Transform | None:
+    """MixUp or CutMix on a batch of normalised images and int64 labels, as `config`
+    asks (one drawn per batch, CutMix with chance `mix_switch_prob`, the drawn one
+    applied with chance `mix_prob`); None if both are off."""
+    classes = get_dataset_info(config.dataset).num_classes
+    mixes, chances = [], []
+    if config.mixup_alpha > 0:  # float: an int alpha makes Beta's sampler fail
+        mixes.append(v2.MixUp(alpha=float(config.mixup_alpha), num_classes=classes))
+        chances.append(1 - config.mix_switch_prob)
+    if config.cutmix_alpha > 0:
+        mixes.append(v2.CutMix(alpha=float(config.cutmix_alpha), num_classes=classes))
+        chances.append(config.mix_switch_prob)
+    if not mixes:
+        return None
+    mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes, p=chances)
+    return v2.RandomApply([mix], p=config.mix_prob)
 
+# %% ../../nbs/07_training_data.ipynb #e5b9f7a3
+class _SeededSamples(ImageTensorDataset):
+    "`ImageTensorDataset` whose seeded samples carry their seed: (image, label, seed)."
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple:
+        seed = key[1] if isinstance(key, tuple) else None
+        return (*super().__getitem__(key), seed)
+
+
+class _MixCollate:
+    """A training loader's `collate_fn` for `_SeededSamples`: `default_collate`, then
+    `mix` drawn from a seed made of the batch's sample seeds, so that the same samples
+    are mixed alike in any process and after a resume. Labels become float32
+    probabilities [B, num_classes], one-hot where the batch is left unmixed."""
+
+    def __init__(self, mix: v2.Transform, num_classes: int):
+        self.mix, self.num_classes = mix, num_classes
+
+    def __call__(self, samples: list[tuple]) -> tuple[Tensor, Tensor]:
+        images, labels = default_collate([sample[:2] for sample in samples])
+        seeds = [sample[2] for sample in samples]
+        seed = int(np.random.SeedSequence(seeds).generate_state(1, np.uint64)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            images, labels = self.mix(images, labels)
+        if labels.ndim == 1:  # RandomApply left this batch as it was
+            labels = one_hot(labels, self.num_classes).float()
+        return images, labels
+
+# %% ../../nbs/07_training_data.ipynb #f6c0a8b5
 def build_dataloaders(
     config: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders of `config.dataset`.
 
-    Batches are float32 images [B, C, H, W], normalised with `DATASET_STATS` (or the
-    config's `mean` and `std`), and int64 labels [B]; the training split is cut to
-    `train_fraction` (`train_size`). Only the training loader shuffles and augments;
-    the same `seed` gives the same batches. For distributed training, process `rank`
-    of `world_size` gets its share of each split (validation unpadded, so that summed
-    metrics are exact)."""
+    Batches are float32 images [B, C, H, W], H = W = `image_size(config)`, normalised
+    with `DATASET_STATS` (or the config's `mean` and `std`), and int64 labels [B]; with
+    MixUp or CutMix on, training targets are float32 probabilities [B, num_classes].
+    The training split is cut to `train_fraction` (`train_size`). Only the training
+    loader shuffles, augments, erases and mixes; the same `seed` gives the same
+    batches. For distributed training, process `rank` of `world_size` gets its share
+    of each split (validation unpadded, so that summed metrics are exact)."""
     config.validate()
     check_int("seed", seed, minimum=0)
     check_int("world_size", world_size)
@@ -672,10 +768,15 @@ def build_dataloaders(
         keep = _subset(len(train_y), train_size(config))
         train_x, train_y = train_x[keep], train_y[keep]
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    train_set = ImageTensorDataset(
-        train_x, train_y, v2.Compose([*_augmentations(config), *to_float])
+    train_steps = [*_augmentations(config), *to_float]
+    if config.random_erasing > 0:  # normalised: random values are pixels of N(0, 1)
+        train_steps.append(v2.RandomErasing(config.random_erasing, value="random"))
+    mix, classes = _batch_mix(config), get_dataset_info(config.dataset).num_classes
+    samples = ImageTensorDataset if mix is None else _SeededSamples
+    train_set = samples(train_x, train_y, v2.Compose(train_steps))
+    val_set = ImageTensorDataset(
+        val_x, val_y, v2.Compose([*_resize(config), *to_float])
     )
-    val_set = ImageTensorDataset(val_x, val_y, v2.Compose(to_float))
     # A DataLoader without a generator of its own draws its workers' base seed from
     # torch's global generator every epoch; with one, the global state is left alone.
     train_generator = torch.Generator().manual_seed(seed)
@@ -690,6 +791,7 @@ def build_dataloaders(
         train_set,
         sampler=_SeededShuffle(len(train_set), train_generator, rank, world_size),
         generator=train_generator,
+        collate_fn=None if mix is None else _MixCollate(mix, classes),
         **options,
     )
     shard = range(rank, len(val_set), world_size)
