@@ -37,7 +37,8 @@ from neural_stack.validation import (
 # %% auto #0
 __all__ = ['SMALL_MODEL', 'AMP_DTYPES', 'CHECKPOINT_KEYS', 'DeviceError', 'resolve_device', 'rng_state', 'set_rng_state',
            'distributed_info', 'init_distributed', 'resolve_threads', 'cpu_threads', 'TrainState', 'Callback',
-           'NonFiniteLossError', 'CheckpointError', 'Trainer', 'checksum', 'save_checkpoint', 'load_checkpoint']
+           'NonFiniteLossError', 'CheckpointError', 'Trainer', 'target_classes', 'checksum', 'save_checkpoint',
+           'load_checkpoint']
 
 # %% ../../nbs/10_training_trainer.ipynb #9e46a8ae
 class DeviceError(RuntimeError):
@@ -174,7 +175,8 @@ class TrainState:
     epoch: int = 0  # the current epoch, counted from 0
     step: int = 0  # optimiser steps taken
     batch: int = 0  # the current batch within the epoch
-    # the last `train_step` result, the last finished epoch's metrics, every epoch's
+    # the last `train_step` result; the metrics of the epoch being validated (from
+    # `on_validation_begin`), else of the last finished one; every finished epoch's
     batch_output: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -195,6 +197,18 @@ class Callback:
     def on_epoch_end(self, state: TrainState) -> None: ...
     def on_batch_begin(self, state: TrainState) -> None: ...
     def on_batch_end(self, state: TrainState) -> None: ...
+    def on_before_backward(self, state: TrainState, loss: Tensor) -> None:
+        """`loss`, the batch's mean loss with its graph, is about to be back-propagated
+        (times the batch size); its value is on the device until read."""
+
+    def on_after_optimizer_step(self, state: TrainState) -> None:
+        "The optimiser has updated the weights; `state.step` counts this step."
+
+    def on_validation_begin(self, state: TrainState) -> None: ...
+    def on_validation_end(self, state: TrainState) -> None:
+        """`state.metrics` holds the epoch's training and validation metrics; what is
+        added to it belongs to the epoch, for every `on_epoch_end` to see."""
+
     def on_train_failed(self, state: TrainState, error: BaseException) -> None:
         "The run stops on `error`, raised again once every callback has seen it."
 
@@ -303,7 +317,10 @@ def fit(
                 start = time.perf_counter()
                 metrics = {"epoch": epoch + 1, **self._train_epoch()}
                 if self.val_loader is not None:
-                    metrics.update(self._validate())
+                    state.metrics = metrics  # the epoch's, which callbacks may add to
+                    self._call("on_validation_begin")
+                    metrics.update(self.validate())
+                    self._call("on_validation_end")
                 self._check_epoch(metrics)  # before any callback can save the epoch
                 metrics["lr"] = self.optimizer.param_groups[0]["lr"]
                 metrics["seconds"] = time.perf_counter() - start
@@ -366,26 +383,26 @@ def _train_epoch(self: Trainer) -> dict[str, float]:
         quiet = not steps and self.network is not self.model
         with self.network.no_sync() if quiet else nullcontext():
             out = self.train_step(batch)
+        state.batch_output = out
         unchecked.append((out["loss"], i, state.step))
         loss_sum += out["loss"] * out["count"]
         count += out["count"]
-        if out.get("correct") is not None:
-            correct = out["correct"] if correct is None else correct + out["correct"]
+        correct = _add(correct, out.get("correct"))
         window, micro = window + out["count"], micro + 1
         if steps:
             norm = self._optimizer_step(window)
             if norm is not None:
                 norm_sum, norm_steps = norm_sum + norm, norm_steps + 1
             window, micro = 0, 0
-        state.batch_output = out
+            self._call("on_after_optimizer_step")
         if len(unchecked) == self.log_every or i == batches - 1:
             self._check_finite(unchecked)  # one host sync per log_every batches
             unchecked.clear()
         self._call("on_batch_end")
-    loss_sum, correct_sum, total = self._sum(loss_sum, correct, count)
-    metrics = {"train/loss": loss_sum / total}
-    if correct is not None:
-        metrics["train/accuracy"] = correct_sum / total
+    count, sums = self._sum(count, loss=loss_sum, correct=correct)
+    metrics = {"train/loss": sums["loss"] / count}
+    if sums["correct"] is not None:
+        metrics["train/accuracy"] = sums["correct"] / count
     if norm_steps:
         metrics["train/grad_norm"] = (norm_sum / norm_steps).item()
     return metrics
@@ -417,40 +434,77 @@ def _optimizer_step(self: Trainer, samples: int) -> Tensor | None:
 
 # %% ../../nbs/10_training_trainer.ipynb #3fc4a61c
 @patch
-def _validate(self: Trainer) -> dict[str, float]:
-    "Loss and accuracy over the validation data, in eval mode, without gradients."
+def validate(
+    self: Trainer, loader: Iterable | None = None, model: nn.Module | None = None
+) -> dict[str, float]:
+    """The loss, accuracy and, over more than 5 classes, top-5 accuracy (`val/loss`,
+    `val/accuracy`, `val/top5`) of `model` (default: the trainer's) on `loader`
+    (default: `val_loader`), summed over the processes of a distributed run (each calls
+    it); in eval mode, where it leaves the model, without gradients. Another `model`,
+    on the trainer's device, goes through the same override points as the trainer's
+    own."""
+    loader = self.val_loader if loader is None else loader
+    if loader is None:
+        raise ArgumentError(
+            "loader", loader, "a data loader, as this trainer has no val_loader"
+        )
+    if model is None or model is self.model:
+        return self._evaluate(loader)
+    own = self.model, self.network
+    self.model = self.network = model  # what `forward` and the others call
+    try:
+        return self._evaluate(loader)
+    finally:
+        self.model, self.network = own
+
+# %% ../../nbs/10_training_trainer.ipynb #e1a2c3d4
+@patch
+def _evaluate(self: Trainer, loader: Iterable) -> dict[str, float]:
+    "`validate` of the trainer's model (`self.model`, called through `self.network`)."
     self.model.eval()
-    loss_sum, correct, count = torch.zeros((), device=self.device), None, 0
+    loss_sum, count = torch.zeros((), device=self.device), 0
+    correct = top5 = None
     with torch.inference_mode(), self.autocast():
-        for batch in self.val_loader:
+        for batch in loader:
             inputs, targets = self.unpack_batch(batch)
             outputs = self.forward(inputs)
             n = len(targets)
             loss_sum += self.compute_loss(outputs, targets).float() * n
             count += n
-            hits = self.count_correct(outputs, targets)
-            if hits is not None:
-                correct = hits if correct is None else correct + hits
-    loss_sum, correct_sum, total = self._sum(loss_sum, correct, count)
-    metrics = {"val/loss": loss_sum / total}
-    if correct is not None:
-        metrics["val/accuracy"] = correct_sum / total
+            correct = _add(correct, self.count_correct(outputs, targets))
+            top5 = _add(top5, self.count_top_k(outputs, targets, 5))
+    count, sums = self._sum(count, loss=loss_sum, correct=correct, top5=top5)
+    metrics = {"val/loss": sums["loss"] / count}
+    for key, name in (("correct", "val/accuracy"), ("top5", "val/top5")):
+        if sums[key] is not None:
+            metrics[name] = sums[key] / count
     return metrics
+
+# %% ../../nbs/10_training_trainer.ipynb #f5e6a7b8
+def _add(total: Tensor | None, hits: Tensor | None) -> Tensor | None:
+    "A count kept on the device: `hits` added to `total`, where None is no count."
+    if hits is None:
+        return total
+    return hits if total is None else total + hits
 
 
 @patch
 def _sum(
-    self: Trainer, loss_sum: Tensor, correct: Tensor | None, count: int
-) -> tuple[float, float, int]:
-    "Sums over all processes in one reduction, read once: (loss, correct, count)."
-    hits = torch.as_tensor(0 if correct is None else correct, device=self.device)
+    self: Trainer, count: int, **sums: Tensor | None
+) -> tuple[int, dict[str, float | None]]:
+    """`count` and each of `sums` summed over all processes in one reduction, read
+    once; a sum that is None here stays None (and adds 0 to the other processes')."""
+    values = [
+        torch.as_tensor(0 if s is None else s, device=self.device).float()
+        for s in sums.values()
+    ]
     totals = torch.stack(
-        [loss_sum.float(), hits.float(), torch.tensor(float(count), device=self.device)]
+        [torch.tensor(float(count), device=self.device), *values]
     ).double()
     if self.world_size > 1:
         dist.all_reduce(totals)
-    loss, hits, total = totals.tolist()
-    return loss, hits, int(total)
+    total, *read = totals.tolist()
+    return int(total), {k: None if sums[k] is None else v for k, v in zip(sums, read)}
 
 # %% ../../nbs/10_training_trainer.ipynb #72999b76
 _CAUSES = (
@@ -533,24 +587,57 @@ def compute_loss(self: Trainer, outputs: Any, targets: Tensor) -> Tensor:
     "The loss of `outputs`, averaged over the batch."
     return self.criterion(outputs, targets)
 
+# %% ../../nbs/10_training_trainer.ipynb #b1c2d3e4
+def target_classes(targets: Tensor) -> Tensor | None:
+    """Each sample's class: class indices `[B]` as they are; probabilities `[B, K]`
+    (soft targets) by their argmax, the dominant class of the mix (on a tie, the
+    lower index); None for targets of any other shape."""
+    if targets.dim() == 1:
+        return targets
+    if targets.dim() == 2 and targets.is_floating_point():
+        return targets.argmax(-1)
+    return None
 
+# %% ../../nbs/10_training_trainer.ipynb #c5d6e7f8
 @patch
 def count_correct(self: Trainer, outputs: Any, targets: Tensor) -> Tensor | None:
-    "Correct class predictions in the batch (a tensor), or None without classes."
-    if isinstance(outputs, Tensor) and outputs.dim() == 2 and targets.dim() == 1:
-        return (outputs.argmax(-1) == targets).sum()
+    """Correct top-1 predictions in the batch (a tensor), against `target_classes`;
+    None without classes."""
+    classes = target_classes(targets)
+    if isinstance(outputs, Tensor) and outputs.dim() == 2 and classes is not None:
+        return (outputs.argmax(-1) == classes).sum()
     return None
 
 
 @patch
+def count_top_k(
+    self: Trainer, outputs: Any, targets: Tensor, k: int = 5
+) -> Tensor | None:
+    """Samples whose class (`target_classes`) is among the `k` highest outputs (a
+    tensor); None without classes, or with `k` classes or fewer, where all would
+    count."""
+    classes = target_classes(targets)
+    if (
+        isinstance(outputs, Tensor)
+        and outputs.dim() == 2
+        and outputs.shape[-1] > k
+        and classes is not None
+    ):
+        best = outputs.topk(k, dim=-1).indices
+        return (best == classes[:, None]).any(-1).sum()
+    return None
+
+# %% ../../nbs/10_training_trainer.ipynb #d9e0f1a2
+@patch
 def train_step(self: Trainer, batch: Any) -> dict[str, Any]:
     """Forward and backward for one batch; the gradients are the batch's sum (see
-    `_optimizer_step`)."""
+    `_optimizer_step`). An override calls the `on_before_backward` hook itself."""
     inputs, targets = self.unpack_batch(batch)
     with self.autocast():
         outputs = self.forward(inputs)
         loss = self.compute_loss(outputs, targets)
     n = len(targets)
+    self._call("on_before_backward", loss)
     total = loss.float() * n
     (self.scaler.scale(total) if self.scaler is not None else total).backward()
     if isinstance(outputs, Tensor):
