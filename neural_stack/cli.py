@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 import textwrap
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -242,6 +243,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     `neural-stack list models|datasets`, or `neural-stack runs check|rebuild
     [NAME ...]`: the exit status."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # restores showwarning when the command ends
+        warnings.showwarning = _one_line_warning
+        return _command(args)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    "A warning as one line on stderr, as the command line's errors are."
+    text = " ".join(str(message).split())
+    print(f"neural-stack: warning: {text}", file=sys.stderr if file is None else file)
+
+
+def _command(args: argparse.Namespace) -> int:
+    "Run the command `args` names; the exit status."
     if args.command == "runs":
         from neural_stack.experiments import runs_command  # chapter 13 builds it
 
@@ -414,22 +428,18 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def _models_table() -> str:
-    "The registered models: name, sources and what each builds."
-    from neural_stack.training.factory import MODELS
+    """The registered models (name, sources, what each builds), then the names that
+    every model of a library has with its `source` (`model_names`)."""
+    from neural_stack.training.factory import MODELS, model_names
 
-    rows = [("name", "model.source", "builds")]
-    for name, entry in MODELS.items():
-        doc = " ".join((entry.build.__doc__ or "").split()).replace("`", "")
-        builds = doc.split(": ")[0].split(", ")[0].rstrip(".")  # its first clause
-        rows.append((name, ", ".join(entry.sources), builds))
-    ports = [s for e in MODELS.values() for s in e.sources if s != "custom"]
-    note = textwrap.fill(
-        f"model.source={' or '.join(sorted(set(ports)))}: built by that library, "
-        "then ported into our VisionTransformer through the weight ports; with "
-        "model.pretrained=true, from its published weights",
-        88,
-    )
-    return _table(rows) + (f"\n\n{note}" if ports else "")
+    rows, notes = [("name", "model.source", "builds")], []
+    for name, line in model_names():
+        if name in MODELS:
+            sources = ", ".join(MODELS[name].sources)
+            rows.append((name, sources, line.split(", ")[0]))  # its first clause
+        else:
+            notes.append(textwrap.fill(f"{name}: {line}", 88))
+    return "\n\n".join([_table(rows), *notes])
 
 
 def _datasets_table() -> str:

@@ -4,19 +4,22 @@
 
 # %% auto #0
 __all__ = ['DataConfig', 'build_dataloaders', 'get_dataset_info', 'DATASETS', 'DATASET_STATS', 'seed_everything', 'ModelConfig',
-           'OptimizerConfig', 'SchedulerConfig', 'register_model', 'MODELS', 'build_model', 'build_optimizer',
+           'OptimizerConfig', 'SchedulerConfig', 'register_model', 'MODELS', 'build_model', 'build_model_and_report',
+           'resolve_model', 'load_weights', 'WeightsReport', 'PretrainedWeightsWarning', 'build_optimizer',
            'build_scheduler', 'build_criterion', 'parameter_limit', 'TrainConfig', 'ConfigError', 'load_config',
            'save_config', 'apply_overrides', 'build_from_config', 'Trainer', 'TrainState', 'Callback', 'resolve_device',
            'resolve_threads', 'cpu_threads', 'save_checkpoint', 'load_checkpoint', 'CheckpointError',
-           'NonFiniteLossError', 'train', 'build_trainer', 'dry_run', 'RunFolderError', 'PrintCallback',
-           'ProgressCallback', 'CheckpointCallback', 'EarlyStoppingCallback', 'CSVLogger', 'TensorBoardLogger',
-           'WandbCallback', 'Monitor', 'freeze', 'FreezeReport', 'DistillationTrainer', 'soft_distillation_loss']
+           'NonFiniteLossError', 'target_classes', 'train', 'build_trainer', 'dry_run', 'RunFolderError',
+           'PrintCallback', 'ProgressCallback', 'CheckpointCallback', 'EarlyStoppingCallback', 'EMACallback',
+           'CSVLogger', 'TensorBoardLogger', 'WandbCallback', 'Monitor', 'freeze', 'FreezeReport',
+           'DistillationTrainer', 'soft_distillation_loss']
 
 # %% ../../nbs/training.ipynb #270c6b0b
 from neural_stack.training.callbacks import (
     CheckpointCallback,
     CSVLogger,
     EarlyStoppingCallback,
+    EMACallback,
     Monitor,
     PrintCallback,
     ProgressCallback,
@@ -42,14 +45,19 @@ from neural_stack.training.data import (
 from neural_stack.training.factory import (
     MODELS,
     ModelConfig,
+    PretrainedWeightsWarning,
+    WeightsReport,
     OptimizerConfig,
     SchedulerConfig,
     build_criterion,
     build_model,
+    build_model_and_report,
     build_optimizer,
     build_scheduler,
+    load_weights,
     parameter_limit,
     register_model,
+    resolve_model,
 )
 from .run import RunFolderError, build_trainer, dry_run, train
 from neural_stack.training.trainer import (
@@ -63,6 +71,7 @@ from neural_stack.training.trainer import (
     resolve_device,
     resolve_threads,
     save_checkpoint,
+    target_classes,
 )
 from neural_stack.training.transfer import (
     DistillationTrainer,
@@ -84,6 +93,11 @@ _all_ = [
     "register_model",
     "MODELS",
     "build_model",
+    "build_model_and_report",
+    "resolve_model",
+    "load_weights",
+    "WeightsReport",
+    "PretrainedWeightsWarning",
     "build_optimizer",
     "build_scheduler",
     "build_criterion",
@@ -104,6 +118,7 @@ _all_ = [
     "load_checkpoint",
     "CheckpointError",
     "NonFiniteLossError",
+    "target_classes",
     "train",
     "build_trainer",
     "dry_run",
@@ -112,6 +127,7 @@ _all_ = [
     "ProgressCallback",
     "CheckpointCallback",
     "EarlyStoppingCallback",
+    "EMACallback",
     "CSVLogger",
     "TensorBoardLogger",
     "WandbCallback",

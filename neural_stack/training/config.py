@@ -21,17 +21,19 @@ from fastcore.basics import patch
 from neural_stack.training.data import (
     DataConfig,
     get_dataset_info,
+    image_size,
     seed_everything,
     train_size,
 )
 from neural_stack.training.factory import (
+    ARCHITECTURE_FIELDS,
     MODELS,
     ModelConfig,
     ModelTooLargeError,
     OptimizerConfig,
     SchedulerConfig,
     build_criterion,
-    build_model,
+    build_model_and_report,
     build_optimizer,
     build_scheduler,
 )
@@ -81,7 +83,17 @@ def steps_per_epoch(config: TrainConfig, world_size: int = 1) -> int:
 # %% ../../nbs/09_training_config.ipynb #a4ad3a9e
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 AMP_DTYPES = ("bfloat16", "float16")
-MONITORED = ("val/accuracy", "val/loss", "train/accuracy", "train/loss")
+# val/top5 where there are more than 5 classes; val_ema/... where ema_decay is set
+MONITORED = (
+    "val/accuracy",
+    "val/loss",
+    "val/top5",
+    "train/accuracy",
+    "train/loss",
+    "val_ema/accuracy",
+    "val_ema/loss",
+    "val_ema/top5",
+)
 LOGGERS = (
     "csv",
     "tensorboard",
@@ -122,6 +134,7 @@ class TrainConfig:
     grad_clip_norm: float | None = None
     grad_accum_steps: int = 1
     label_smoothing: float = 0.0
+    ema_decay: float | None = None  # a model EMA (DeiT: 0.99996), validated as val_ema/
     monitor: str = "val/accuracy"  # the metric that decides the best checkpoint
     early_stopping_patience: int = 0  # epochs without improvement; 0: off
     experiment_name: str = "vit"
@@ -172,6 +185,8 @@ def _validate_run(self: TrainConfig) -> None:
     if self.grad_clip_norm is not None:
         check_number("grad_clip_norm", self.grad_clip_norm, above=0)
     check_probability("label_smoothing", self.label_smoothing)
+    if self.ema_decay is not None:
+        check_number("ema_decay", self.ema_decay, above=0, below=1)
     check_choice("monitor", self.monitor, MONITORED)
     for name in ("checkpoint_dir", "experiment_name"):
         if not isinstance(getattr(self, name), str) or not getattr(self, name):
@@ -196,16 +211,18 @@ def _validate_whole(self: TrainConfig) -> None:
     "What only the sections together can check; a `ConfigError` naming the field."
     info, m = get_dataset_info(self.data.dataset), self.model
     for name, needed in (
-        ("img_size", info.img_size),
+        ("img_size", image_size(self.data)),
         ("in_channels", info.in_channels),
         ("num_classes", info.num_classes),
     ):
-        if getattr(m, name) != needed:
-            raise ConfigError(
-                f"model.{name}",
-                getattr(m, name),
-                f"{needed}, the {name} of dataset {info.name!r}",
-            )
+        if getattr(m, name) == needed:
+            continue
+        if name == "img_size" and self.data.img_size is not None:
+            allowed = f"{needed}, data.img_size, the size the images are resized to"
+        else:
+            allowed = f"{needed}, the {name} of dataset {info.name!r}"
+            allowed += " (or resize: data.img_size)" * (name == "img_size")
+        raise ConfigError(f"model.{name}", getattr(m, name), allowed)
     s, steps = self.scheduler, steps_per_epoch(self)
     warmup = s.warmup_epochs * steps  # in optimizer steps, as build_scheduler counts
     if s.name == "cosine_warmup" and (
@@ -220,11 +237,21 @@ def _validate_whole(self: TrainConfig) -> None:
             f"{self.num_epochs * steps} optimizer steps ({steps} per epoch); "
             "lower scheduler.warmup_epochs or raise num_epochs",
         )
-    if self.optimizer.layer_decay != 1 and m.name != "vit":
+    if self.optimizer.layer_decay != 1 and not m.is_vit():
         raise ConfigError(
             "optimizer.layer_decay",
             self.optimizer.layer_decay,
             f"1.0 for model.name={m.name!r}: layer-wise rates follow ViT blocks",
+        )
+    if self.monitor.startswith("val_ema/") and self.ema_decay is None:
+        raise ConfigError(
+            "monitor", self.monitor, "a val/ or train/ metric: ema_decay is not set"
+        )
+    if self.monitor.endswith("/top5") and info.num_classes <= 5:
+        raise ConfigError(
+            "monitor",
+            self.monitor,
+            f"a top-1 metric: dataset {info.name!r} has {info.num_classes} classes",
         )
     if s.eta_min > self.optimizer.lr:
         raise ConfigError(
@@ -239,7 +266,7 @@ def _validate_whole(self: TrainConfig) -> None:
 def _validate_batches(self: TrainConfig) -> None:
     """Batch norm cannot train on a batch of one image (its variance is undefined):
     refuse a model with it whose epoch would end with such a batch."""
-    if not MODELS[self.model.name].batch_norm:
+    if not self.model.has_batch_norm():
         return
     images, size = train_size(self.data), self.data.batch_size
     if images == 1:
@@ -278,13 +305,14 @@ def config_from_dict(cls: type, data: object, path: str = "") -> Any:
     for key in data:
         if key not in known:
             near = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
             where = f"the {path.rstrip('.')} section" if path else "a training config"
+            # the likely key alone; without one, every key the section has
+            hint = f"did you mean {near[0]!r}?" if near else f"{where} has: "
+            hint += "" if near else ", ".join(known)
             plain = isinstance(key, str) and _KEY.fullmatch(key)
             raise ConfigError(
                 f"{path}{key}" if plain else path.rstrip(".") or "config",
-                reason=f"unknown key{'' if plain else ' ' + shorten(key)}; {hint}"
-                f"{where} has: {', '.join(known)}",
+                reason=f"unknown key{'' if plain else ' ' + shorten(key)}; {hint}",
             )
     values = {
         key: _convert(hints[key], value, f"{path}{key}") for key, value in data.items()
@@ -376,11 +404,18 @@ def config_to_dict(config: Any) -> dict:
     return plain(asdict(config))
 
 # %% ../../nbs/09_training_config.ipynb #0af8f118
-def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
-    "Write `config` (validated first) as YAML to `path`, atomically; return the path."
-    config.validate()
+def save_config(
+    config: TrainConfig, path: str | os.PathLike, base: str | os.PathLike | None = None
+) -> Path:
+    """Write `config` (validated first) as YAML to `path`, atomically; return the path.
+    With `base`, a relative `model.init_from` is written relative to `base` (a folder
+    of records moves with its weights), as `load_config(path, base)` reads it."""
+    data = config_to_dict(config.validate())
+    start = data["model"]["init_from"]
+    if base is not None and start is not None and not os.path.isabs(start):
+        data["model"]["init_from"] = Path(os.path.relpath(start, base)).as_posix()
     with atomic_open(path) as f:
-        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+        yaml.safe_dump(data, f, sort_keys=False)
     return Path(path)
 
 # %% ../../nbs/09_training_config.ipynb #e0cf2120
@@ -431,8 +466,11 @@ def _parse_yaml(text: str, where: str) -> object:
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a page of text; a megabyte is a mistake
 
 
-def load_config(path: str | os.PathLike) -> TrainConfig:
-    "Read a `TrainConfig` from a YAML file, a `ConfigError` says what is wrong."
+def load_config(
+    path: str | os.PathLike, base: str | os.PathLike | None = None
+) -> TrainConfig:
+    """Read a `TrainConfig` from a YAML file, a `ConfigError` says what is wrong. With
+    `base`, a relative `model.init_from` in the file is relative to `base`."""
     path = Path(path)
     with path.open("rb") as f:
         raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -452,12 +490,18 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         )
     if not isinstance(data, dict):
         raise ConfigError(str(path), data, "a mapping of field names to values")
+    start = data.get("model", {}).get("init_from") if base is not None else None
+    if isinstance(start, str) and not os.path.isabs(start):
+        data["model"]["init_from"] = os.path.normpath(os.path.join(base, start))
     return config_from_dict(TrainConfig, data)
 
 # %% ../../nbs/09_training_config.ipynb #bac61883
 def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainConfig:
-    "A new config with each `key.path=value` applied, checked like a file."
-    data = config_to_dict(config)
+    """A new config with each `key.path=value` applied, checked like a file. An
+    override of `model.name` to a library's model also resets the architecture fields
+    not overridden with it: they described the model it replaces, and the named
+    model decides them (`resolve_model`)."""
+    data, given = config_to_dict(config), set()
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
@@ -475,16 +519,26 @@ def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainCon
                 )
             node = child
         node[leaf] = value
+        given.add(key.strip())
+    model = data.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    if "model.name" in given and isinstance(name, str) and name not in MODELS:
+        for name in ARCHITECTURE_FIELDS:
+            if f"model.{name}" not in given:
+                model.pop(name, None)
     return config_from_dict(TrainConfig, data)
 
 # %% ../../nbs/09_training_config.ipynb #a9a633fd
 def build_from_config(config: TrainConfig, world_size: int = 1) -> dict[str, Any]:
-    "The model, optimizer, scheduler and criterion of a run, seeded with `config.seed`."
+    """The model, optimizer, scheduler and criterion of a run, seeded with
+    `config.seed`, and under "weights" the `WeightsReport` of `model.init_from` (None
+    without). Published weights that cannot be had set `config.model.pretrained`
+    back to false, with a warning (`build_model_and_report`)."""
     config.validate()
     seed_everything(config.seed)
     steps = steps_per_epoch(config, world_size)
     try:
-        model = build_model(config.model)
+        model, weights = build_model_and_report(config.model)
     except ModelTooLargeError as e:
         raise ConfigError("model", reason=str(e)) from None
     except ArgumentError as e:  # a rule `validate` does not know of: still one line
@@ -501,4 +555,5 @@ def build_from_config(config: TrainConfig, world_size: int = 1) -> dict[str, Any
         "optimizer": optimizer,
         "scheduler": scheduler,
         "criterion": build_criterion(config.label_smoothing),
+        "weights": weights,
     }

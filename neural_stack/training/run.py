@@ -22,6 +22,7 @@ from neural_stack.training.callbacks import (
     CheckpointCallback,
     CSVLogger,
     EarlyStoppingCallback,
+    EMACallback,
     PrintCallback,
     ProgressCallback,
     TensorBoardLogger,
@@ -83,13 +84,17 @@ def build_trainer(
     """The `Trainer` that `config` describes: its components, its data loaders (the
     share of process `rank` of `world_size`) and its run settings, with `callbacks`.
     `trainer_class` may be a subclass, given its own arguments in `trainer_kwargs`.
-    The trainer's `run_config` is `config` as run (`normalised_as_pretrained`)."""
+    With `ema_decay`, an `EMACallback` joins `callbacks` (it changes the metrics).
+    The trainer's `run_config` is `config` as run (`normalised_as_pretrained`), and
+    its `weights_report` what `model.init_from` loaded (a `WeightsReport`, or None)."""
     config = normalised_as_pretrained(config)
     parts = build_from_config(config, world_size)
     train_loader, val_loader = build_dataloaders(
         config.data, seed=config.seed, rank=rank, world_size=world_size
     )
-    return trainer_class(
+    if config.ema_decay is not None:
+        callbacks = [*callbacks, EMACallback(config.ema_decay)]
+    trainer = trainer_class(
         model=parts["model"],
         optimizer=parts["optimizer"],
         train_loader=train_loader,
@@ -109,6 +114,8 @@ def build_trainer(
         num_threads=resolve_threads(config.threads, parts["model"], config.device),
         **trainer_kwargs,
     )
+    trainer.weights_report = parts["weights"]
+    return trainer
 
 # %% ../../nbs/12_training_cli.ipynb #23ab03f3
 # What a resumed run may change: where it runs, where it writes, how it reports.
@@ -326,6 +333,8 @@ def train(
                         shutil.rmtree(old)
                     else:
                         old.unlink()
+            if trainer.weights_report is not None:
+                print(trainer.weights_report)  # what the run starts from
         return trainer.fit(resume_from=checkpoint)
 
 # %% ../../nbs/12_training_cli.ipynb #bd98e5f4
@@ -435,7 +444,8 @@ def checkpoint_config(
 def _restored_model(config: TrainConfig, checkpoint: dict, source: str) -> nn.Module:
     "The model of `config` with the checkpoint's weights, in eval mode."
     try:  # no published weights to fetch: the checkpoint holds the weights
-        model = build_model(replace(config.model, pretrained=False))
+        start = dict(pretrained=False, init_from=None, freeze="none")
+        model = build_model(replace(config.model, **start))
     except ModelTooLargeError as e:
         raise ConfigError("model", reason=str(e)) from None
     except ArgumentError as e:
