@@ -26,10 +26,15 @@ from urllib.parse import urlparse
 
 import pytest
 
+import neural_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "book" / "_build" / "html"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-COLAB = "https://colab.research.google.com/github/neural-stack/neural-stack/blob/main/"
+COLAB = (
+    "https://colab.research.google.com/github/neural-stack/neural-stack/blob/"
+    f"v{neural_stack.__version__}/"
+)
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",

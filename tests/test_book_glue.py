@@ -13,6 +13,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+import neural_stack
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +28,10 @@ from nsbook.project import project_settings  # noqa: E402
 SETTINGS = {
     "repository_url": "https://github.com/o/r",
     "branch": "main",
+    "release": "v0.1.0",
     "lib_name": "pkg",
 }
-COLAB = "https://colab.research.google.com/github/o/r/blob/main/"
+COLAB = "https://colab.research.google.com/github/o/r/blob/v0.1.0/"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
@@ -314,6 +317,7 @@ def test_project_settings_from_pyproject(tmp_path):
     assert project_settings(ROOT) == {
         "repository_url": "https://github.com/neural-stack/neural-stack",
         "branch": "main",
+        "release": f"v{neural_stack.__version__}",
         "lib_name": "neural_stack",
     }
     (tmp_path / "pyproject.toml").write_text(

@@ -170,9 +170,10 @@ class colab_links(Processor):
 
 
 def colab_url(settings: dict[str, str], path: str) -> str:
-    "Colab's URL for the notebook at `path` in the repository's branch."
+    """Colab's URL for the notebook at `path` in the release the package is at: the
+    notebook and the package its first cell installs are the same version."""
     owner_repo = settings["repository_url"].removeprefix("https://github.com/")
-    return f"{COLAB}/{owner_repo}/blob/{settings['branch']}/{path}"
+    return f"{COLAB}/{owner_repo}/blob/{settings['release']}/{path}"
 
 
 def rewrite_notebook(

@@ -22,7 +22,8 @@ STATIC = Path(__file__).resolve().parent / "_static"
 
 def project_settings(root: Path) -> dict[str, str]:
     """Repository URL, branch and package name, as nbdev 3 reads them from
-    `pyproject.toml` in `root`."""
+    `pyproject.toml` in `root`, and the release tag of the package's version
+    (tools/release.py)."""
     from nbdev.config import get_config
 
     cfg = get_config(str(root))  # [project.urls] Repository, [tool.nbdev]
@@ -32,9 +33,13 @@ def project_settings(root: Path) -> dict[str, str]:
             f"pyproject.toml [project.urls] Repository = {repo!r}: "
             "expected https://github.com/OWNER/NAME"
         )
+    from neural_stack import __version__
+
     return {
         "repository_url": repo,
         "branch": cfg.get("branch") or "main",
+        # what Colab opens: the release the chapters' install cells install
+        "release": f"v{__version__}",
         "lib_name": Path(cfg.lib_path).name,
     }
 
