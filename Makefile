@@ -87,10 +87,18 @@ book-test: book
 # code fingerprint is current, and the first epoch of every record re-trains to it within TOLERANCE,
 # on this CPU's kernels and on the portable profile's. runs: train records again and record them anew, all
 # of them or RUN (a record or a folder of records, e.g. RUN=positions); then commit runs/.
+# The two profiles re-train on one thread each, so they run side by side, one a core.
 check-runs: venv
-	@echo "== neural-stack runs check (this CPU), then the same under the portable profile"
-	$(BIN)/neural-stack runs check
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(BIN)/neural-stack runs check
+	@echo "== neural-stack runs check on this CPU's kernels and, beside it, under the portable profile"
+	@logs="$$(mktemp -d)"; native=0; portable=0; \
+	$(BIN)/neural-stack runs check > "$$logs/native" 2>&1 & pid=$$!; \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default \
+	  $(BIN)/neural-stack runs check > "$$logs/portable" 2>&1 || portable=$$?; \
+	wait $$pid || native=$$?; \
+	echo "-- this CPU's kernels (exit $$native):"; cat "$$logs/native"; \
+	echo "-- portable profile, OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default (exit $$portable):"; \
+	cat "$$logs/portable"; rm -rf "$$logs"; \
+	test $$native -eq 0 && test $$portable -eq 0
 
 runs: venv
 	$(BIN)/neural-stack runs rebuild $(RUN)
@@ -104,6 +112,7 @@ bench: venv
 	$(BIN)/python bench/attention.py
 	$(BIN)/python bench/vit.py
 	$(BIN)/python bench/trainer.py
+	$(BIN)/python bench/epoch_profile.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
