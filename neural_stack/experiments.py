@@ -65,10 +65,10 @@ def sweep(
 ) -> pd.DataFrame:
     """Train `config` once for every variant and seed. `variants` maps a name to its
     overrides (`key.path=value`, as on the command line). Returns one row per run: the
-    variant, the seed, the final validation metrics, the parameter count and the
-    seconds taken. `verbose` prints a line per run. With `records`, each run is the
-    record `name/<variant>/seed-<seed>` where one matches (`RunRecords.run`), and a
-    line says how many were read."""
+    variant, the seed, the final validation metrics (`val/`, and a callback's such as
+    `val_ema/`), the parameter count and the seconds taken. `verbose` prints a line per
+    run. With `records`, each run is the record `name/<variant>/seed-<seed>` where one
+    matches (`RunRecords.run`), and a line says how many were read."""
     if not isinstance(variants, Mapping) or not variants:
         raise ArgumentError(
             "variants", variants, "a non-empty mapping name -> overrides"
@@ -101,7 +101,7 @@ def sweep(
             row = {
                 "variant": variant,
                 "seed": seed,
-                **{k: v for k, v in run.final.items() if k.startswith("val/")},
+                **{k: v for k, v in run.final.items() if k.startswith("val")},
                 "parameters": run.parameters,
                 "seconds": run.seconds,
             }
@@ -450,7 +450,7 @@ def _read(self: RunRecords, name: str) -> tuple[dict, TrainConfig, list[dict]]:
     folder = self.folder(name)
     try:
         record = json.loads((folder / "record.json").read_text())
-        config = load_config(folder / "config.yaml")
+        config = load_config(folder / "config.yaml", base=self.root)
         with open(folder / "metrics.csv", newline="") as f:
             history = [_epoch(row) for row in csv.DictReader(f)]
     except (OSError, ValueError, ConfigError) as e:
@@ -539,7 +539,7 @@ def save(self: RunRecords, run: Run, trainer: dict, weights: bool = False) -> Pa
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        save_config(run.config, partial / "config.yaml")
+        save_config(run.config, partial / "config.yaml", base=self.root)
         with open(partial / "metrics.csv", "w", newline="") as f:
             columns = list(dict.fromkeys(k for epoch in run.history for k in epoch))
             writer = csv.DictWriter(f, columns)
@@ -688,7 +688,8 @@ def check(
 @patch
 def rebuild(self: RunRecords, names: Sequence[str] | None = None) -> dict[str, bool]:
     """Train the records `names` (default: all) again from their own files and record
-    them anew, a teacher before its students. Prints a line for each; returns whether
+    them anew, a teacher before its students and a run before those that start from
+    its weights (`model.init_from`). Prints a line for each; returns whether
     each came out unchanged: the same metrics and weights, bit for bit."""
     todo = self.names() if names is None else list(names)
     order = []
@@ -696,10 +697,15 @@ def rebuild(self: RunRecords, names: Sequence[str] | None = None) -> dict[str, b
     def visit(name):
         if name in order:
             return
-        record, _, _ = self._read(name)
-        for value in record["trainer"]["kwargs"].values():
-            if isinstance(value, dict) and value["run"] in todo:
-                visit(value["run"])
+        record, config, _ = self._read(name)
+        kwargs = record["trainer"]["kwargs"].values()
+        needs = [v["run"] for v in kwargs if isinstance(v, dict)]
+        if config.model.init_from is not None:
+            start = os.path.relpath(config.model.init_from, self.root)
+            needs.append(Path(start).as_posix())
+        for need in needs:
+            if need in todo:
+                visit(need)
         order.append(name)
 
     for name in todo:

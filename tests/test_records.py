@@ -349,3 +349,34 @@ def test_check_runs_fails_on_a_perturbed_copy_of_the_code(tmp_path, perturbation
         if "no longer gives its record" in line
     ]
     assert {line.split(":")[1].strip() for line in moved} == set(SAMPLE), done.stderr
+
+
+def test_a_record_that_starts_from_another_is_read_from_any_folder(
+    tmp_path, monkeypatch, capsys
+):
+    repo = tmp_path / "repo"
+    short = TrainConfig(num_epochs=1, device="cpu")
+    RunRecords(repo / "runs", write=True).run("base/seed-0", short, weights=True)
+    monkeypatch.chdir(repo)
+    tuned = apply_overrides(short, ["model.init_from=runs/base/seed-0"])
+    made = RunRecords("runs", write=True).run("tuned/seed-0", tuned, verbose=False)
+    assert made.source == "trained"
+    # the record names the run it starts from relative to the records' root
+    assert (
+        "init_from: base/seed-0\n"
+        in (repo / "runs/tuned/seed-0/config.yaml").read_text()
+    )
+    (repo / "nbs").mkdir()
+    monkeypatch.chdir(repo / "nbs")  # where the chapters run
+    records = RunRecords("../runs")
+    from_nbs = apply_overrides(short, ["model.init_from=../runs/base/seed-0"])
+    read = records.run("tuned/seed-0", from_nbs, verbose=False)
+    assert read.source == "record" and read.history == made.history
+    capsys.readouterr()
+    records.write = True
+    assert records.rebuild(["tuned/seed-0", "base/seed-0"]) == {
+        "base/seed-0": True,
+        "tuned/seed-0": True,
+    }  # the run it starts from first, and both bit for bit
+    order = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
+    assert order == ["base/seed-0", "tuned/seed-0"]
