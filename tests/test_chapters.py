@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import neural_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
 CHAPTERS = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]
@@ -47,9 +49,8 @@ def test_colab_cell_installs_this_repository_without_pins(path):
     assert all("#| default_exp" in s for s in code[: colab[0]]), (
         f"{path.name}: the Colab cell must come first"
     )
-    assert f"@ git+{REPOSITORY}'" in first, (
-        f"{path.name}: install from {REPOSITORY} (pyproject.toml)"
-    )
+    release = f"git+{REPOSITORY}@v{neural_stack.__version__}'"  # tools/release.py
+    assert release in first, f"{path.name}: install {release} (pyproject.toml)"
     assert "==" not in first, f"{path.name}: no exact pins in the install cell"
 
 
