@@ -181,7 +181,8 @@ def _add_runs(commands: argparse._SubParsersAction) -> None:
 
 # %% ../nbs/cli.ipynb #1d0f450a
 class Stopped(KeyboardInterrupt):
-    "A run stopped by a signal: SIGTERM (a scheduler's stop, `kill`) or SIGHUP."
+    """A run stopped by a signal: SIGTERM (a scheduler's stop, `kill`) or SIGHUP.
+    `signum`, the signal's number, is kept as an attribute; the message is its name."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -241,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`neural-stack train CONFIG [key.path=value ...] [--resume FILE | --overwrite |
     --print-config | --dry-run]`, `neural-stack eval CHECKPOINT [key.path=value ...]`,
     `neural-stack list models|datasets`, or `neural-stack runs check|rebuild
-    [NAME ...]`: the exit status."""
+    [NAME ...]`: the exit status. `argv` holds the arguments after the program name
+    (None: those of `sys.argv`)."""
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():  # restores showwarning when the command ends
         warnings.showwarning = _one_line_warning

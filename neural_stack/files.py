@@ -19,7 +19,9 @@ from typing import IO
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Write a temporary file beside `path`, then move it onto `path`: never half a
     file. A failed write (a full disk) names the file and leaves what `path` held
-    before. Ctrl-C, SIGTERM or SIGHUP during the write takes effect once it is done."""
+    before. Ctrl-C, SIGTERM or SIGHUP during the write takes effect once it is done.
+    `mode` is the temporary file's `open` mode, one that writes: `"w"` for text or
+    `"wb"` for bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with deferred_signals():

@@ -34,18 +34,22 @@ _NORMS = (
 
 def sdpa_flop_jit(inputs: list, outputs: list) -> int:
     """fvcore handle for fused attention: multiply-adds of QKᵀ and AV, i.e.
-    B·H·Tq·Tk·(d + dv)."""
+    B·H·Tq·Tk·(d + dv). `inputs` are the traced call's input values, the first three
+    the query [..., Tq, d], key [..., Tk, d] and value [..., Tk, dv]; `outputs` is not
+    used (fvcore passes both to every handle)."""
     q, k, v = (get_shape(inputs[i]) for i in range(3))
     return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
 
 def sdpa_activation_jit(inputs: list, outputs: list) -> int:
-    "fvcore activation handle for fused attention: the elements of its output."
+    """fvcore activation handle for fused attention: the elements of its output, the
+    first of `outputs` ([..., Tq, dv]); `inputs` is not used (fvcore passes both)."""
     return math.prod(get_shape(outputs[0]))
 
 
 class ModelSummary(NamedTuple):
-    "What `model_summary` measures; unpacks as `params, mult_adds, activations, table`."
+    """What `model_summary` measures; unpacks in the order `params`, `mult_adds`,
+    `activations`, `table`."""
 
     params: int  # parameters
     mult_adds: int  # multiply-adds of one forward pass (fused attention included)
@@ -58,7 +62,9 @@ def model_summary(
     model: nn.Module, sample_input: Tensor | tuple[Tensor, ...], max_depth: int = 2
 ) -> ModelSummary:
     """Parameters, multiply-adds, activations and a table for one forward pass of
-    `model` on `sample_input`.
+    `model` on `sample_input`, one tensor or a tuple (or list) of them, the positional
+    arguments of `model`. The model is measured in eval mode, then put back in the mode
+    it was in; the table breaks the counts down to `max_depth` levels of nested modules.
 
     Multiply-adds count matrix products and convolutions, fused attention included;
     operators that are not multiply-adds (normalisation, softmax, activations,

@@ -17,7 +17,7 @@ _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 5
 def shorten(value: object, width: int = 60) -> str:
     """`repr(value)`, cut to a few items per level, a few dozen characters per string
     and `width` characters in all, so that an error message stays a line whatever the
-    value."""
+    `value`."""
     text = _SHORT.repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -34,7 +34,8 @@ class ArgumentError(ValueError):
 def check_int(
     field: str, value: object, minimum: int = 1, maximum: int | None = None
 ) -> int:
-    "`value` if it is an `int` (not a `bool`) of at least `minimum`, at most `maximum`."
+    """`value` if it is an `int` (not a `bool`) of at least `minimum`, at most `maximum`
+    (None: no upper bound); otherwise an `ArgumentError` naming `field`."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int)
@@ -59,7 +60,9 @@ def check_number(
     at_least: float | None = None,
     below: float | None = None,
 ) -> float:
-    "`value` as a float if it is a finite real number (not a `bool`) within the bounds."
+    """`value` as a float if it is a finite real number (not a `bool`) within the
+    bounds: greater than `above`, at least `at_least`, less than `below`, each None for
+    no bound; otherwise an `ArgumentError` naming `field`."""
     bounds = [
         f"{op} {b}"
         for op, b in ((">", above), (">=", at_least), ("<", below))
@@ -86,7 +89,7 @@ def check_number(
 
 def check_probability(field: str, value: object) -> float:
     """`value` as a float if it is a probability in [0, 1), such as a dropout or
-    drop-path rate."""
+    drop-path rate; otherwise an `ArgumentError` naming `field`."""
     try:
         return check_number(field, value, at_least=0.0, below=1.0)
     except ArgumentError:
@@ -94,14 +97,14 @@ def check_probability(field: str, value: object) -> float:
 
 
 def check_bool(field: str, value: object) -> bool:
-    "`value` if it is `True` or `False`."
+    "`value` if it is `True` or `False`; otherwise an `ArgumentError` naming `field`."
     if not isinstance(value, bool):
         raise ArgumentError(field, value, "True or False")
     return value
 
 
 def check_choice(field: str, value: object, choices: Collection[str]) -> str:
-    "`value` if it is one of `choices`."
+    "`value` if it is one of `choices`; otherwise an `ArgumentError` naming `field`."
     if not isinstance(value, str) or value not in choices:
         raise ArgumentError(
             field, value, "one of " + ", ".join(repr(c) for c in choices)
@@ -111,7 +114,8 @@ def check_choice(field: str, value: object, choices: Collection[str]) -> str:
 
 def check_multiple(field: str, value: int, of_field: str, of_value: int) -> int:
     """`value` if it is a multiple of `of_value` (both already checked to be positive
-    integers)."""
+    integers); otherwise an `ArgumentError` naming `field`, and `of_value` by its name
+    `of_field`."""
     if value % of_value:
         raise ArgumentError(field, value, f"a multiple of {of_field}={of_value}")
     return value

@@ -89,7 +89,8 @@ def plot_attention_heatmap(
     [L, H, Tq, Tk]), which adds a slider over the layers. Rows are queries, columns
     keys; hovering shows the query, the key and the weight. `tokens` names the tokens
     on the axes. Maps larger than `max_tokens` are refused (None draws any size): for
-    long sequences show the class token's row with `attention_map`."""
+    long sequences show the class token's row with `attention_map`. `title` heads the
+    figure (None: untitled)."""
     if isinstance(attention_scores, (Tensor, np.ndarray)):
         scores = _as_tensor(attention_scores, "attention_scores")
         if scores.dim() == 2:
@@ -257,7 +258,11 @@ def attention_map(
     """What one query attends to, as an image: row `query` of `attention` [..., N, N]
     (0, the class token, by default; "mean" averages the patch queries), restricted to
     the patch tokens and shaped [..., rows, columns] like the patch grid. The weight on
-    prefix tokens is left out, so a map sums to at most 1."""
+    prefix tokens is left out, so a map sums to at most 1. The first
+    `num_prefix_tokens` tokens are the prefix (the class token, and any distillation or
+    register tokens); the rest are the patches, row by row. `grid_size` is the grid:
+    (rows, columns), an int for a square one, or None for the square that the number of
+    patches makes."""
     a = _as_tensor(attention, "attention")
     if a.dim() < 2 or a.shape[-1] != a.shape[-2]:
         raise ValueError(
@@ -333,7 +338,9 @@ def plot_attention_overlay(
     """Attention maps over their images, one panel each: `images` [B, C, H, W] (C is 1
     or 3, any range) and `maps` [B, rows, columns] on the patch grid (`attention_map`
     of a layer or of `attention_rollout`), each patch drawn as the block of pixels it
-    covers. Every map is coloured on its own scale; hovering shows the weights."""
+    covers. Every map is coloured on its own scale; hovering shows the weights.
+    `titles` heads the panels, one per image; `opacity`, from 0 to 1, is the maps' over
+    the images; `max_cols` panels make a row; `title` heads the figure."""
     x = _images(images, "images")
     m = _as_tensor(maps, "maps")
     m = m[None] if m.dim() == 2 else m
@@ -390,9 +397,12 @@ def mean_attention_distance(
 ) -> Tensor:
     """Mean attention distance per layer and head, [L, H] (ViT paper, Figure 7, right):
     for each patch query, the distance to every patch key weighted by its attention
-    (renormalised over the patch keys), averaged over queries and the batch. In pixels
-    when `patch_size` is the patch side; uniform attention over the grid gives
-    `mean_attention_distance` of `torch.ones`, a useful yardstick."""
+    (renormalised over the patch keys), averaged over queries and the batch.
+    `attentions` holds one [B, H, N, N] tensor per layer (a list, or stacked
+    [L, B, H, N, N]); `grid_size` and `num_prefix_tokens` say which tokens are patches
+    and how they lie, as in `attention_map`. Distances between patch centres are in
+    patches, or in pixels when `patch_size` is the patch side; uniform attention over
+    the grid gives `mean_attention_distance` of `torch.ones`, a useful yardstick."""
     layers = _layers(attentions, "attentions", dims=4)
     gh, gw = _grid(grid_size, layers[0].shape[-1], num_prefix_tokens)
     distance = _patch_distances(gh, gw, patch_size)
@@ -408,7 +418,8 @@ def mean_attention_distance(
 def attention_entropy(attentions) -> Tensor:
     """Entropy of the attention rows in nats, averaged over queries and the batch, per
     layer and head, [L, H]: 0 when every query attends to one key, log N when it spreads
-    evenly over N keys."""
+    evenly over N keys. `attentions` holds one [B, H, N, N] tensor per layer (a list, or
+    stacked [L, B, H, N, N]); every query and key counts, prefix tokens included."""
     layers = _layers(attentions, "attentions", dims=4)
     return torch.stack(
         [torch.special.entr(a).sum(dim=-1).mean(dim=(0, 2)) for a in layers]
@@ -418,9 +429,10 @@ def attention_entropy(attentions) -> Tensor:
 def plot_attention_distance(
     distance, uniform: float | None = None, title: str | None = None
 ) -> go.Figure:
-    """Mean attention distance [L, H] (`mean_attention_distance`) as in the ViT paper's
-    Figure 7 (right): one point per head at its layer, and a dashed line at `uniform`,
-    the distance of attention spread evenly over the grid, when given."""
+    """Mean attention `distance` [L, H] (`mean_attention_distance`) as in the ViT
+    paper's Figure 7 (right): one point per head at its layer, and a dashed line at
+    `uniform`, the distance of attention spread evenly over the grid, when given.
+    `title` heads the figure (None: untitled)."""
     d = _as_tensor(distance, "distance")
     if d.dim() != 2:
         raise ValueError(f"distance: expected [layers, heads], got {list(d.shape)}")
@@ -464,9 +476,12 @@ def attention_explorer(
     """One self-contained figure in which the reader picks an image (a menu), a layer (a
     slider) and a head, the head average or the rollout up to that layer (buttons), and
     sees that map over the image: no kernel needed, so it works in a static page.
-    `images` [B, C, H, W]; `attentions` one [B, heads, N, N] tensor per layer. Only the
-    row of `query` is drawn (see `attention_map`), so the figure stays light for any
-    number of tokens.
+    `images` [B, C, H, W] (C is 1 or 3, any range); `attentions` one [B, heads, N, N]
+    tensor per layer (a list, or stacked [L, B, heads, N, N]). Only the row of `query`
+    is drawn, so the figure stays light for any number of tokens; `query`, `grid_size`
+    and `num_prefix_tokens` mean what they mean in `attention_map`. `titles` names the
+    images in the menu ("image 0", ... by default), `opacity`, from 0 to 1, is the
+    maps' over the images, and `title` heads the figure.
 
     All images and layers sit on one canvas, images along x and layers along y; the menu
     and the slider move the view, the buttons show one kind of map. Double-click the

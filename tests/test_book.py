@@ -20,6 +20,7 @@ import http.server
 import json
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -436,3 +437,39 @@ def test_attention_explorer_controls_change_the_map(visit):
     page.mouse.click(rail["x"] + 3, rail["y"] + rail["height"] / 2)  # the first layer
     changed(state, picture, "y")
     assert not errors, f"{rel}: JavaScript errors: {errors}"
+
+
+@needs_book
+def test_every_module_has_an_api_page():
+    "Each public module of the package is a page of the API reference, and no other."
+    sys.path.insert(0, str(ROOT / "book"))
+    from nsbook.api import PAGES as API, public_modules
+
+    built = sorted(Path(p).stem for p in PAGES if p.startswith(f"{API}/"))
+    assert built == public_modules("neural_stack")
+
+
+@needs_chromium
+@needs_book
+def test_api_page_shows_signatures_parameters_and_the_chapter(visit):
+    page, errors, outside = visit("book/api/neural_stack.training.data.html")
+    entry = page.locator('dl.py.function:has(dt[id$=".build_dataloaders"])')
+    assert entry.count() == 1, "no entry for build_dataloaders"
+    signature = entry.locator("dt").first.inner_text()
+    assert "build_dataloaders(config: DataConfig, seed: int = 0" in signature
+    assert entry.locator("dt a", has_text="DataConfig").count() == 1  # ours: a link
+    params = entry.locator("dd li").all_inner_texts()
+    assert any(text.startswith("seed (int, default 0)") for text in params)
+    chapter = page.locator('a[href$="nbs/07_training_data.html"]').first
+    assert "Training data" in chapter.inner_text()
+    assert not errors and not outside
+
+
+@needs_chromium
+@needs_book
+def test_the_index_lists_the_api(visit):
+    page, _, _ = visit("genindex.html")
+    link = page.locator("a", has_text="build_dataloaders()").first
+    assert link.get_attribute("href").endswith(
+        "neural_stack.training.data.html#neural_stack.training.data.build_dataloaders"
+    )

@@ -10,6 +10,8 @@
 * `nsbook.nbval_report`: the `{nbval-report}` directive (execution times of the last
   nbval run).
 * `nsbook.chapters`: the `{chapter}` role of the curriculum pages.
+* `nsbook.api`: the API reference, a page per module of the package, written from its
+  code when the build starts.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ __all__ = ['masked_softmax', 'ScaledDotProductAttention', 'MultiHeadAttention', 
 
 # %% ../../nbs/01_attention.ipynb #1f6243e7
 def masked_softmax(scores: Tensor) -> Tensor:
-    """Softmax over the last dim in at least float32; rows that are entirely `-inf` give
-    zeros instead of `NaN`."""
+    """Softmax of `scores` [..., Tk] over the last dim, computed in at least float32 and
+    returned in the dtype of `scores`; rows that are entirely `-inf` (every key masked)
+    give zeros instead of `NaN`."""
     empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
     dtype = torch.promote_types(scores.dtype, torch.float32)
     weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1, dtype=dtype)
@@ -52,7 +53,9 @@ def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
 # %% ../../nbs/01_attention.ipynb #081c8af4
 class ScaledDotProductAttention(nn.Module):
     """softmax(q kᵀ / √d + mask) v over the last two dims, returning the output and the
-    attention weights."""
+    attention weights. `dropout` is the probability, in [0, 1), of zeroing each weight
+    that multiplies the values in training mode (the returned weights are the clean
+    softmax)."""
 
     def __init__(self, dropout: float = 0.0):
         super().__init__()
@@ -61,8 +64,12 @@ class ScaledDotProductAttention(nn.Module):
     def forward(
         self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """q [..., Tq, d], k [..., Tk, d], v [..., Tk, dv]; `attn_mask` broadcastable to
-        [..., Tq, Tk]."""
+        """Queries `q` [..., Tq, d] attend to keys `k` [..., Tk, d] and values `v`
+        [..., Tk, dv] (leading dims broadcast): returns the output [..., Tq, dv] and the
+        weights [..., Tq, Tk]. `attn_mask`, broadcastable to [..., Tq, Tk], is bool
+        (True = attend, False = score `-inf`) or floating (added to the scores); `None`
+        attends to every key. Query and key widths that differ, key and value lengths
+        that differ, or a mask that does not fit raise a `ValueError`."""
         if q.shape[-1] != k.shape[-1]:
             raise ValueError(
                 f"query dim {q.shape[-1]} != key dim {k.shape[-1]} "
@@ -89,7 +96,11 @@ class ScaledDotProductAttention(nn.Module):
 # %% ../../nbs/01_attention.ipynb #9f335bb6
 class MultiHeadAttention(nn.Module):
     """Multi-head attention over batch-first inputs:
-    `mha(query, key, value, attn_mask)` -> (output, weights)."""
+    `mha(query, key, value, attn_mask)` -> (output, weights). `embed_dim` is the width D
+    of inputs and output, split into `num_heads` heads of D / `num_heads` channels (so
+    a multiple of `num_heads`); `dropout` is the attention weights' dropout probability
+    in training, in [0, 1); `bias` adds biases to the query, key, value and output
+    projections."""
 
     def __init__(
         self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True
@@ -109,7 +120,9 @@ class MultiHeadAttention(nn.Module):
     def check_arguments(
         embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True
     ) -> None:
-        "Raise an `ArgumentError` unless these arguments build a `MultiHeadAttention`."
+        """Raise an `ArgumentError` unless these arguments build a `MultiHeadAttention`:
+        `embed_dim` and `num_heads` positive ints, `embed_dim` a multiple of
+        `num_heads`, `dropout` a probability in [0, 1) and `bias` a bool."""
         check_multiple(
             "embed_dim",
             check_int("embed_dim", embed_dim),
@@ -171,8 +184,12 @@ class MultiHeadAttention(nn.Module):
         attn_mask: Tensor | None = None,
         need_weights: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
-        """query [B, Tq, D], key/value [B, Tk, D]; `attn_mask` broadcastable to
-        [B, H, Tq, Tk]."""
+        """`query` [B, Tq, D] attends to `key` and `value` [B, Tk, D]: returns the
+        output [B, Tq, D] and the weights of every head [B, H, Tq, Tk]. `attn_mask`,
+        broadcastable to [B, H, Tq, Tk], is bool (True = attend) or floating (added to
+        the scores); `None` attends to every key. Without `need_weights` the weights are
+        `None` and PyTorch's fused `F.scaled_dot_product_attention` computes the
+        output."""
         self._check_inputs(query, key, value)
         q, k, v = self._project(query, key, value)
         if need_weights:
@@ -215,8 +232,10 @@ def to_torch_mha(mha: MultiHeadAttention) -> nn.MultiheadAttention:
 
 
 def from_torch_mha(module: nn.MultiheadAttention) -> MultiHeadAttention:
-    """A `MultiHeadAttention` holding the weights of a `torch.nn.MultiheadAttention`
-    (fed batch first from then on)."""
+    """A `MultiHeadAttention` holding the weights of `module`, a
+    `torch.nn.MultiheadAttention` (fed batch first from then on), on its device and
+    dtype, in its mode. `module` needs kdim == vdim == embed_dim, `add_bias_kv=False`
+    and `add_zero_attn=False`; otherwise a `ValueError`."""
     if (
         not module._qkv_same_embed_dim
         or module.bias_k is not None

@@ -19,7 +19,10 @@ __all__ = ['PatchEmbedding']
 # %% ../../nbs/02_patch_embedding.ipynb #5a279efc
 class PatchEmbedding(nn.Module):
     """Cut [B, C, H, W] images into non-overlapping `patch_size` squares and embed each
-    one: tokens [B, N, D]."""
+    one: tokens [B, N, D]. `img_size` is the side of the square images it is built
+    for, a multiple of `patch_size`: it sets `grid_size` and `num_patches` (`forward`
+    takes any height and width that `patch_size` divides); `in_channels` is C and
+    `embed_dim` the token width D."""
 
     def __init__(
         self,
@@ -50,7 +53,9 @@ class PatchEmbedding(nn.Module):
     def check_arguments(
         img_size: int, patch_size: int, in_channels: int, embed_dim: int
     ) -> None:
-        "Raise an `ArgumentError` unless these arguments build a `PatchEmbedding`."
+        """Raise an `ArgumentError` unless these arguments build a `PatchEmbedding`:
+        `img_size`, `patch_size`, `in_channels` and `embed_dim` positive ints,
+        `img_size` a multiple of `patch_size`."""
         for name, value in (
             ("img_size", img_size),
             ("patch_size", patch_size),
@@ -61,8 +66,9 @@ class PatchEmbedding(nn.Module):
         check_multiple("img_size", img_size, "patch_size", patch_size)
 
     def forward(self, images: Tensor) -> Tensor:
-        """images [B, C, H, W] with H and W multiples of `patch_size` -> tokens
-        [B, (H/P)(W/P), D], raster order."""
+        """`images` [B, C, H, W] with C = `in_channels` and H and W multiples of
+        `patch_size` -> tokens [B, (H/P)(W/P), D], raster order; a `ValueError`
+        otherwise."""
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
                 f"images have shape {tuple(images.shape)}; "

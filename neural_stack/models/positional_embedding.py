@@ -23,7 +23,8 @@ __all__ = ['to_grid', 'sincos_2d', 'resample_grid_table', 'PositionalEmbedding',
 def to_grid(
     grid_size: int | tuple[int, int], name: str = "grid_size"
 ) -> tuple[int, int]:
-    "`g` or `(rows, cols)` -> `(rows, cols)`, both positive ints."
+    """`grid_size`, an int `g` or a pair `(rows, cols)`, as the pair `(rows, cols)` of
+    positive ints; otherwise an `ArgumentError` that calls the argument `name`."""
     pair = (
         (grid_size, grid_size)
         if isinstance(grid_size, int) and not isinstance(grid_size, bool)
@@ -40,7 +41,11 @@ def sincos_2d(
     grid_size: int | tuple[int, int], embed_dim: int, temperature: float = 10_000.0
 ) -> Tensor:
     """Fixed 2-D table [rows * cols, embed_dim], big_vision layout:
-    [sin(col ω), cos(col ω), sin(row ω), cos(row ω)]."""
+    [sin(col ω), cos(col ω), sin(row ω), cos(row ω)]. `grid_size` is `g` or
+    `(rows, cols)`, one row of the table per patch in raster order; `embed_dim` is a
+    multiple of 4 (four blocks of `embed_dim` / 4 channels); the frequencies ω fall
+    geometrically from 1 to 1 / `temperature`. Computed in float64, returned in
+    float32."""
     rows, cols = to_grid(grid_size)
     if check_int("embed_dim", embed_dim) % 4:
         raise ArgumentError(
@@ -65,7 +70,10 @@ def resample_grid_table(
     table: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
 ) -> Tensor:
     """Bicubic resampling (align_corners=False) of a per-patch table
-    [..., rows * cols, C] to `new_grid`."""
+    [..., rows * cols, C] to `new_grid`. `table` holds the patches of `old_grid`, both
+    grids `(rows, cols)`, in raster order and without a class row; it comes back as it
+    is when the grids are equal, else interpolated in at least float32 and returned in
+    its own dtype."""
     if tuple(old_grid) == tuple(new_grid):
         return table
     lead, C = table.shape[:-2], table.shape[-1]
@@ -80,7 +88,10 @@ def resample_grid_table(
 # %% ../../nbs/03_positional_embedding.ipynb #4975d1d9
 class PositionalEmbedding(nn.Module):
     """Adds position information to tokens [B, N(+1), D]. Build one with
-    `PositionalEmbedding.create(kind, ...)`."""
+    `PositionalEmbedding.create(kind, ...)`. `img_size` and `patch_size` give the grid
+    it is built for, `img_size // patch_size` patches per side (the rules of
+    `PatchEmbedding`); `embed_dim` is the token width D; `use_cls_token` says that the
+    tokens start with a class token (the +1)."""
 
     kinds: dict[str, type[PositionalEmbedding]] = {}  # the registry: kind -> subclass
     kind = ""
@@ -112,7 +123,9 @@ class PositionalEmbedding(nn.Module):
         use_cls_token: bool = True,
     ) -> PositionalEmbedding:
         """Build the positional embedding registered as `kind` (one of
-        `PositionalEmbedding.kinds`)."""
+        `PositionalEmbedding.kinds`) for `img_size` images cut into `patch_size`
+        patches, tokens of width `embed_dim`, and a class token when `use_cls_token`;
+        `check_arguments` first, so a bad argument raises an `ArgumentError`."""
         PositionalEmbedding.check_arguments(
             kind, img_size, patch_size, embed_dim, use_cls_token
         )
@@ -125,7 +138,9 @@ class PositionalEmbedding(nn.Module):
         kind: str, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool
     ) -> None:
         """Raise an `ArgumentError` unless these arguments build the positional
-        embedding `kind`."""
+        embedding `kind`: a key of `PositionalEmbedding.kinds`, `img_size` and
+        `patch_size` as `PatchEmbedding` needs them, `embed_dim` a positive int and a
+        multiple of the kind's `embed_dim_multiple`, `use_cls_token` a bool."""
         cls = PositionalEmbedding.kinds[
             check_choice("positional_embedding", kind, PositionalEmbedding.kinds)
         ]
@@ -153,8 +168,9 @@ class PositionalEmbedding(nn.Module):
     def forward(
         self, x: Tensor, grid_size: int | tuple[int, int] | None = None
     ) -> Tensor:
-        """x [B, N(+1), D] for a `grid_size` grid of patches (default: the grid it was
-        built for) -> x + table."""
+        """Tokens `x` [B, N(+1), D] (class token first, if any) for a `grid_size` grid
+        of patches (`g` or `(rows, cols)`; default: the grid it was built for) -> x +
+        the table for that grid; a `ValueError` when the shape of `x` does not fit."""
         rows, cols = self._grid(grid_size)
         expected = self.num_prefix_tokens + rows * cols
         if x.dim() != 3 or x.shape[1] != expected or x.shape[2] != self.embed_dim:
@@ -191,7 +207,9 @@ class PositionalEmbedding(nn.Module):
 # %% ../../nbs/03_positional_embedding.ipynb #cc66bbf6
 class NoPositionalEmbedding(PositionalEmbedding, kind="none"):
     """No position information: tokens pass through unchanged (the paper's
-    'no positional embedding' baseline)."""
+    'no positional embedding' baseline). `img_size`, `patch_size`, `embed_dim` and
+    `use_cls_token` are those of `PositionalEmbedding`: here they only check the shape
+    of the tokens."""
 
     def embedding(
         self, grid_size: int | tuple[int, int] | None = None
@@ -201,7 +219,9 @@ class NoPositionalEmbedding(PositionalEmbedding, kind="none"):
 # %% ../../nbs/03_positional_embedding.ipynb #be0f408d
 class LearnedPositionalEmbedding1d(PositionalEmbedding, kind="learned-1d"):
     """One learned vector per token in raster order (class token first): the standard
-    ViT table `weight` [1, N(+1), D]."""
+    ViT table `weight` [1, N(+1), D], initialised from a truncated normal of std 0.02.
+    `img_size` // `patch_size` patches per side give N, `embed_dim` is D, and
+    `use_cls_token` adds the class token's row, which resampling keeps as it is."""
 
     def __init__(
         self, img_size: int, patch_size: int, embed_dim: int, use_cls_token: bool = True
@@ -226,7 +246,9 @@ class LearnedPositionalEmbedding1d(PositionalEmbedding, kind="learned-1d"):
 # %% ../../nbs/03_positional_embedding.ipynb #bd858b89
 class LearnedPositionalEmbedding2d(PositionalEmbedding, kind="learned-2d"):
     """A learned row table [rows, D/2] and column table [cols, D/2]; patch (i, j) gets
-    [row_i; col_j] (ViT App. D.4)."""
+    [row_i; col_j] (ViT App. D.4). `img_size` // `patch_size` gives rows = cols,
+    `embed_dim` is D (even), and `use_cls_token` adds a learned class row `cls_weight`
+    [1, 1, D] in front; all initialised from a truncated normal of std 0.02."""
 
     embed_dim_multiple, embed_dim_reason = 2, "a row half and a column half"
 
@@ -282,7 +304,9 @@ class LearnedPositionalEmbedding2d(PositionalEmbedding, kind="learned-2d"):
 # %% ../../nbs/03_positional_embedding.ipynb #36b6a62c
 class SinCosPositionalEmbedding2d(PositionalEmbedding, kind="sincos-2d"):
     """Fixed 2-D sine-cosine table (big_vision layout, see `sincos_2d`) kept as a
-    non-persistent buffer; zeros for the class token."""
+    non-persistent buffer; zeros for the class token. `img_size` // `patch_size`
+    patches per side give the grid, `embed_dim` is D (a multiple of 4), and
+    `use_cls_token` puts the class token's zero row in front."""
 
     embed_dim_multiple, embed_dim_reason = 4, "four blocks of D/4 channels"
 

@@ -27,7 +27,9 @@ __all__ = ['MLP', 'EncoderBlock', 'ViTConfig', 'VisionTransformer', 'from_torchv
 
 # %% ../../nbs/04_vision_transformer.ipynb #ca9bf12c
 class MLP(nn.Module):
-    "Linear -> exact GELU -> dropout -> linear -> dropout, as in the ViT paper."
+    """Linear -> exact GELU -> dropout -> linear -> dropout, as in the ViT paper:
+    `mlp(x)` maps tokens `x` [..., `embed_dim`] to the same shape through `hidden_dim`
+    hidden units; `dropout` is the probability of both dropouts."""
 
     def __init__(self, embed_dim: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -44,7 +46,11 @@ class MLP(nn.Module):
 # %% ../../nbs/04_vision_transformer.ipynb #22e0f1cf
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), each branch with
-    dropout and stochastic depth."""
+    dropout and stochastic depth. `embed_dim` is the token width D, split over
+    `num_heads` heads; the MLP has int(`embed_dim` * `mlp_ratio`) hidden units.
+    `dropout` acts on the attention output and in the MLP, `attention_dropout` on the
+    attention weights; in training each branch of each sample is dropped with
+    probability `drop_path` (stochastic depth)."""
 
     def __init__(
         self,
@@ -67,7 +73,8 @@ class EncoderBlock(nn.Module):
     def forward(
         self, x: Tensor, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        "x [B, T, D] -> (x [B, T, D], attention weights [B, H, T, T] or None)."
+        """`x` [B, T, D] -> (x [B, T, D], attention weights [B, H, T, T] or None): the
+        weights only with `need_weights`, else attention takes PyTorch's fused path."""
         h = self.norm1(x)
         h, weights = self.attn(h, h, h, need_weights=need_weights)
         x = x + self.drop_path(self.attn_out_drop(h))
@@ -83,19 +90,19 @@ class ViTConfig:
     """Every argument of a `VisionTransformer`, validated on construction and by
     `validate()`."""
 
-    img_size: int = 32
-    patch_size: int = 4
-    in_channels: int = 3
+    img_size: int = 32  # side of the square images it is built for, in pixels
+    patch_size: int = 4  # side of the square patches; divides img_size
+    in_channels: int = 3  # channels of the images
     num_classes: int = 10  # 0: no head, the model returns pooled features
-    embed_dim: int = 192
-    num_heads: int = 3
-    num_layers: int = 12
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    drop_path: float = 0.0
-    positional_embedding: str = "learned-1d"
-    use_cls_token: bool = True  # False: mean pooling
+    embed_dim: int = 192  # token width D; a multiple of num_heads
+    num_heads: int = 3  # attention heads per block
+    num_layers: int = 12  # encoder blocks
+    mlp_ratio: float = 4.0  # MLP hidden units per channel of embed_dim
+    dropout: float = 0.0  # on the embedded tokens, attention outputs and in MLPs
+    attention_dropout: float = 0.0  # on the attention weights
+    drop_path: float = 0.0  # stochastic depth: linspace(0, drop_path, num_layers)
+    positional_embedding: str = "learned-1d"  # a key of PositionalEmbedding.kinds
+    use_cls_token: bool = True  # a class token to classify; False: mean pooling
     distillation_token: bool = False  # DeiT's second token and head (chapter 14)
 
     def __post_init__(self):
@@ -135,7 +142,19 @@ class ViTConfig:
 # %% ../../nbs/04_vision_transformer.ipynb #8d6f015c
 class VisionTransformer(nn.Module):
     """ViT classifier: `vit(images)` -> logits [B, num_classes];
-    `vit(images, return_attention=True)` -> (logits, [B, H, N, N] per layer)."""
+    `vit(images, return_attention=True)` -> (logits, [B, H, N, N] per layer).
+
+    The arguments are the fields of `ViTConfig`, validated and kept as `config`:
+    `img_size` images (other sides that `patch_size` divides work too: the positional
+    table follows the grid) of `in_channels` channels, cut into `patch_size` patches;
+    `num_layers` blocks of width `embed_dim` with `num_heads` heads and MLPs
+    `mlp_ratio` times as wide; `num_classes` logits (0: no head, the pooled features
+    [B, D]). `dropout` acts on the embedded tokens, attention outputs and MLPs,
+    `attention_dropout` on the attention weights; stochastic depth rises linearly over
+    the blocks from 0 to `drop_path`. `positional_embedding` is a kind of
+    `PositionalEmbedding.kinds`; `use_cls_token` classifies from a class token (False:
+    mean pooling); `distillation_token` adds DeiT's second token and head (needs the
+    class token)."""
 
     def __init__(
         self,
@@ -224,8 +243,10 @@ class VisionTransformer(nn.Module):
     def forward_features(
         self, images: Tensor, return_attention: bool = False
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """images [B, C, H, W] -> tokens [B, N, D] after the last block and the final
-        norm (timm's meaning), plus the attention maps when asked."""
+        """`images` [B, C, H, W] -> tokens [B, N, D] after the last block and the final
+        norm (timm's meaning; none with mean pooling, whose norm follows the pooling),
+        plus the list of each block's attention weights [B, H, N, N] with
+        `return_attention`."""
         x = self.patch_embed(images)
         # int(): sizes are tensors under jit tracing
         grid = (
@@ -250,7 +271,7 @@ class VisionTransformer(nn.Module):
     def forward_head(
         self, tokens: Tensor, pre_logits: bool = False, separate_heads: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """tokens [B, N, D] -> logits [B, num_classes]; with `pre_logits`, the pooled
+        """`tokens` [B, N, D] -> logits [B, num_classes]; with `pre_logits`, the pooled
         and normalised features [B, D]. With a distillation token the two heads'
         outputs are averaged, or returned as a pair (class head, distillation head)
         with `separate_heads`."""
@@ -272,7 +293,7 @@ class VisionTransformer(nn.Module):
         return_attention: bool = False,
         separate_heads: bool = False,
     ) -> Tensor | tuple:
-        """images [B, C, H, W] -> logits [B, num_classes], plus the attention weights
+        """`images` [B, C, H, W] -> logits [B, num_classes], plus the attention weights
         when `return_attention`; `separate_heads` as in `forward_head`."""
         if not return_attention:
             tokens = self.forward_features(images)
@@ -336,8 +357,10 @@ def _check_layer_norms(norms: dict[str, nn.Module]) -> list[str]:
 
 # %% ../../nbs/04_vision_transformer.ipynb #16bfd884
 def from_torchvision(model: nn.Module) -> VisionTransformer:
-    """A `VisionTransformer` with the configuration and weights of a
-    `torchvision.models.VisionTransformer`."""
+    """A `VisionTransformer` with the configuration and weights of `model`, a
+    `torchvision.models.VisionTransformer`, on its device and dtype, in its mode. A
+    `ValueError` lists what cannot be ported, such as a convolutional stem, a
+    `representation_size` layer, or LayerNorms other than affine ones with eps=1e-6."""
     from torchvision.models import VisionTransformer as TorchvisionViT
 
     if not isinstance(model, TorchvisionViT):
@@ -419,9 +442,10 @@ def from_torchvision(model: nn.Module) -> VisionTransformer:
 
 # %% ../../nbs/04_vision_transformer.ipynb #6a2d3bba
 def from_timm(model: nn.Module) -> VisionTransformer:
-    """A `VisionTransformer` with the configuration and weights of a timm
-    `VisionTransformer` (class token or `global_pool='avg'`) or of DeiT's
-    `VisionTransformerDistilled`."""
+    """A `VisionTransformer` with the configuration and weights of `model`, a timm
+    `VisionTransformer` (class token or `global_pool='avg'`) or DeiT's
+    `VisionTransformerDistilled`, on its device and dtype, in its mode. Needs timm; a
+    `ValueError` lists what cannot be ported (register tokens, layer scale, ...)."""
     try:
         from timm.layers import Attention, DropPath, Mlp, PatchEmbed
         from timm.models.deit import VisionTransformerDistilled

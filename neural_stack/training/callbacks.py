@@ -27,7 +27,10 @@ __all__ = ['CSV_COLUMNS', 'Monitor', 'format_duration', 'run_eta', 'PrintCallbac
 
 # %% ../../nbs/11_training_callbacks.ipynb #13cf32e3
 class Monitor:
-    "The best value of one metric; `mode` 'min' or 'max' (default: 'min' for losses)."
+    """The best value so far of one metric, named `metric` (such as 'val/accuracy'), by
+    `mode`: 'min' or 'max' (None: 'min' for a metric whose name holds 'loss', else
+    'max'). A value improves on the best when it beats it by more than `min_delta`, a
+    margin of at least 0."""
 
     def __init__(self, metric: str, mode: str | None = None, min_delta: float = 0.0):
         if not isinstance(metric, str) or not metric:
@@ -42,6 +45,8 @@ class Monitor:
         self.best: float | None = None
 
     def value(self, metrics: dict[str, float]) -> float:
+        """The metric's value among `metrics` (an epoch's, such as `state.metrics`); a
+        `KeyError` that lists them where it is missing."""
         if self.metric not in metrics:
             raise KeyError(
                 f"monitor={self.metric!r} is not among this run's metrics "
@@ -50,8 +55,9 @@ class Monitor:
         return metrics[self.metric]
 
     def improved(self, metrics: dict[str, float]) -> bool:
-        """Whether the metric beats the best so far by more than `min_delta`; if so, it
-        becomes the best."""
+        """Whether the metric's value among `metrics` beats the best so far by more than
+        `min_delta`; if so, it becomes the best. The first finite value always does; a
+        NaN or infinite one never."""
         value = self.value(metrics)
         sign = 1 if self.mode == "max" else -1
         if math.isfinite(value) and (
@@ -85,7 +91,8 @@ def run_eta(elapsed: float, done: float, left: float) -> float:
 class PrintCallback(Callback):
     """A table of the run, a row per finished epoch: the training metrics, then the
     validation metrics, each under its label, the learning rate, the epoch's time and
-    the time the run has left. The header comes with the first row."""
+    the time the run has left. The header comes with the first row. It prints to
+    `file` (None: standard output), flushed line by line."""
 
     main_process_only = True
     SHORT = {"accuracy": "acc", "grad_norm": "grad norm"}
@@ -94,6 +101,7 @@ class PrintCallback(Callback):
         self.file, self.elapsed, self.epochs = file, 0.0, 0
 
     def on_epoch_end(self, state: TrainState) -> None:
+        "Print the row of the epoch `state` has just finished (first the header)."
         m = state.metrics
         self.elapsed, self.epochs = self.elapsed + m["seconds"], self.epochs + 1
         left = state.num_epochs - m["epoch"]
@@ -117,8 +125,10 @@ class PrintCallback(Callback):
 
 # %% ../../nbs/11_training_callbacks.ipynb #22346904
 class ProgressCallback(Callback):
-    """A tqdm bar per epoch over its batches, showing the running loss and the whole
-    run's ETA, both refreshed every `log_every` steps."""
+    """A tqdm bar per epoch over its batches, showing the last batch's loss and the
+    whole run's ETA, both refreshed every `log_every` batches (None: the trainer's
+    `log_every`). The bars go to `file` (None: standard error) and disappear when their
+    epoch ends; `tqdm_kwargs` are passed on to every `tqdm` bar."""
 
     main_process_only = True
 
@@ -132,9 +142,12 @@ class ProgressCallback(Callback):
         self.start, self.first_epoch = 0.0, 0
 
     def on_train_begin(self, state: TrainState) -> None:
+        """Start the run's clock at the epoch `state` starts with: a resumed run's pace
+        counts only its own epochs."""
         self.start, self.first_epoch = time.perf_counter(), state.epoch
 
     def on_epoch_begin(self, state: TrainState) -> None:
+        "Open the bar of the epoch `state` starts, over the training loader's batches."
         self.bar = tqdm(
             total=len(state.trainer.train_loader),
             file=self.file or sys.stderr,
@@ -144,6 +157,9 @@ class ProgressCallback(Callback):
         )
 
     def on_batch_end(self, state: TrainState) -> None:
+        """Advance the bar by the batch `state` has just trained; every `log_every`
+        batches of the epoch, from its first, show that batch's loss and the run's
+        ETA."""
         self.bar.update(1)
         # reading the loss waits for the device: every `log_every` steps, not every step
         if state.batch % (self.log_every or state.trainer.log_every) == 0:
@@ -157,16 +173,20 @@ class ProgressCallback(Callback):
             )
 
     def on_epoch_end(self, state: TrainState) -> None:
+        "Close the bar of the epoch `state` has finished."
         self.bar.close()
 
     def on_train_failed(self, state: TrainState, error: BaseException) -> None:
+        "Close the open bar, if any, so that `error` shows; `state` is not read."
         if self.bar is not None:
             self.bar.close()  # so that the error starts on a line of its own
 
 # %% ../../nbs/11_training_callbacks.ipynb #b10c93c7
 class CheckpointCallback(Callback):
     """Writes `last.pt` every epoch, `best.pt` on improvement and `epoch_NNN.pt` every
-    `save_every` epochs, into `checkpoint_dir`."""
+    `save_every` epochs (0: never), into `checkpoint_dir`, each a `Trainer.state_dict()`
+    with every callback's state. Improvement is that of the metric `monitor`, with
+    `mode` as in `Monitor`; without `save_best`, no `best.pt` is written."""
 
     # after every other callback, so that the checkpoint holds their updated state
     order = 100
@@ -187,11 +207,14 @@ class CheckpointCallback(Callback):
         self.saved: dict[str, int] = {}  # each file written by this run, and its epoch
 
     def on_train_begin(self, state: TrainState) -> None:
+        "Delete stale temporary files in `checkpoint_dir`; `state` is not read."
         # a process killed while writing leaves its temporary file: clear them away
         for stale in self.dir.glob(".*.pt.*.tmp"):
             stale.unlink(missing_ok=True)
 
     def on_epoch_end(self, state: TrainState) -> None:
+        """Write the checkpoints of the epoch `state` has finished: `best.pt` if the
+        epoch improved, `last.pt`, and `epoch_NNN.pt` when due."""
         improved = self.save_best and self.monitor.improved(state.metrics)
         checkpoint = (
             state.trainer.state_dict()
@@ -211,12 +234,16 @@ class CheckpointCallback(Callback):
         return {"best": self.monitor.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        "Restore the best value of `monitor` from `state`, what `state_dict` returned."
         self.monitor.best = state["best"]
 
 # %% ../../nbs/11_training_callbacks.ipynb #2efcfa06
 class EarlyStoppingCallback(Callback):
-    """Stops the run when `monitor` has not improved for `patience` epochs; optionally
-    restores the best weights."""
+    """Stops the run when `monitor` has not improved for `patience` epochs in a row,
+    improving meaning beating the best by more than `min_delta` (as in `Monitor`, with
+    `mode`). With `restore_best_weights`, a run that ends without error ends with the
+    weights of its best epoch, if that epoch ran in this call of `fit`: they are kept
+    in memory, not in checkpoints."""
 
     def __init__(
         self,
@@ -232,6 +259,8 @@ class EarlyStoppingCallback(Callback):
         self.wait, self.best_epoch, self.best_weights = 0, None, None
 
     def on_epoch_end(self, state: TrainState) -> None:
+        """Compare the metric of the epoch `state` has finished with the best; after
+        `patience` epochs without improvement, set `state.should_stop`."""
         if self.monitor.improved(state.metrics):
             self.wait, self.best_epoch = 0, state.epoch + 1
             if self.restore_best_weights:
@@ -244,6 +273,7 @@ class EarlyStoppingCallback(Callback):
             state.should_stop = state.should_stop or self.wait >= self.patience
 
     def on_train_end(self, state: TrainState) -> None:
+        "Load the kept best weights, if any, into the model of `state`'s trainer."
         if self.best_weights is not None:
             state.trainer.model.load_state_dict(self.best_weights)
 
@@ -255,6 +285,8 @@ class EarlyStoppingCallback(Callback):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the best value, the epochs waited and the best epoch from `state`,
+        what `state_dict` returned."""
         self.monitor.best, self.wait, self.best_epoch = (
             state["best"],
             state["wait"],
@@ -275,7 +307,10 @@ CSV_COLUMNS = (
 
 
 class CSVLogger(Callback):
-    "Appends each epoch's metrics to a CSV file (`metrics.csv`), one row per epoch."
+    """Appends each epoch's metrics to the CSV file `path` (such as `metrics.csv`), one
+    row per epoch. A new run replaces the file; a resumed one keeps the rows of the
+    epochs before it. The columns are those of the first row, the `CSV_COLUMNS` first;
+    a metric that only appears later is left out."""
 
     main_process_only = True
 
@@ -284,6 +319,8 @@ class CSVLogger(Callback):
         self.columns: list[str] | None = None
 
     def on_train_begin(self, state: TrainState) -> None:
+        """Create the folder of `path`; when `state` is at epoch 0, delete the file,
+        else drop its rows of the epochs the resumed run trains again."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if state.epoch == 0:  # a new run starts a new file
             self.path.unlink(missing_ok=True)
@@ -298,6 +335,8 @@ class CSVLogger(Callback):
                 self._writer(f, header=True).writerows(kept)
 
     def on_epoch_end(self, state: TrainState) -> None:
+        """Append the metrics of the epoch `state` has finished as a row, after the
+        header in a new file."""
         row = state.metrics
         if self.columns is None:
             self.columns = [c for c in CSV_COLUMNS if c in row]
@@ -314,7 +353,9 @@ class CSVLogger(Callback):
 
 
 class WandbCallback(Callback):
-    "Logs each epoch's metrics to Weights & Biases (`pip install wandb`)."
+    """Logs each epoch's metrics to Weights & Biases (`pip install wandb`), in a run
+    that `wandb.init` starts with `project` (None: wandb's default) and
+    `**init_kwargs` (any but `config`: the trainer's `run_config` is the config)."""
 
     main_process_only = True
 
@@ -333,6 +374,7 @@ class WandbCallback(Callback):
         )
 
     def on_train_begin(self, state: TrainState) -> None:
+        "Start the wandb run, with the `run_config` of `state`'s trainer as its config."
         config = state.trainer.run_config
         self.run = self.wandb.init(
             project=self.project,
@@ -341,12 +383,15 @@ class WandbCallback(Callback):
         )
 
     def on_epoch_end(self, state: TrainState) -> None:
+        "Log the metrics of the epoch `state` has finished, at step = epoch (from 1)."
         self.run.log(state.metrics, step=state.epoch + 1)
 
     def on_train_end(self, state: TrainState) -> None:
+        "Finish the wandb run; `state` is not read."
         self.run.finish()
 
     def on_train_failed(self, state: TrainState, error: BaseException) -> None:
+        "Finish the wandb run, if started, as failed; `state` and `error` are not read."
         if self.run is not None:
             self.run.finish(exit_code=1)
 
@@ -372,20 +417,26 @@ class TensorBoardLogger(Callback):
         )
 
     def on_train_begin(self, state: TrainState) -> None:
+        """Open the writer on `log_dir`; when `state` resumes a run, the events of the
+        epochs it trains again are purged."""
         # a resumed run drops the events of the epochs it trains again
         purge = state.epoch + 1 if state.epoch else None
         self.writer = self.writer_class(str(self.log_dir), purge_step=purge)
 
     def on_epoch_end(self, state: TrainState) -> None:
+        """Write every metric of the epoch `state` has finished, but `epoch`, as a
+        scalar at step = epoch (from 1), then flush."""
         for key, value in state.metrics.items():
             if key != "epoch":
                 self.writer.add_scalar(key, value, global_step=state.metrics["epoch"])
         self.writer.flush()
 
     def on_train_end(self, state: TrainState) -> None:
+        "Close the writer; `state` is not read."
         self.writer.close()
 
     def on_train_failed(self, state: TrainState, error: BaseException) -> None:
+        "Close the writer, if open; `state` and `error` are not read."
         if self.writer is not None:
             self.writer.close()
 
@@ -397,7 +448,8 @@ class EMACallback(Callback):
     `{prefix}/accuracy` and `{prefix}/top5` (`val_ema/...` by default) join the epoch's
     metrics before any `on_epoch_end`. Its state, and so every checkpoint, holds the
     average (`average`: an `AveragedModel`'s `state_dict`, the weights under
-    `module.`)."""
+    `module.`). `decay`, strictly between 0 and 1: the closer to 1, the more slowly the
+    average follows the weights. `prefix` names the metrics; it has no '/'."""
 
     def __init__(self, decay: float = 0.9999, prefix: str = "val_ema"):
         self.decay = check_number("decay", decay, above=0, below=1)
@@ -410,6 +462,8 @@ class EMACallback(Callback):
         )
 
     def on_train_begin(self, state: TrainState) -> None:
+        """Start the average as a copy of the model of `state`'s trainer, or from the
+        average of the checkpoint the run resumes from."""
         # a copy of the unwrapped model (under DDP too), on the run's device
         self.average = AveragedModel(
             state.trainer.model,
@@ -421,9 +475,12 @@ class EMACallback(Callback):
             self._pending = None
 
     def on_after_optimizer_step(self, state: TrainState) -> None:
+        "Update the average with the weights of `state`'s model after this step."
         self.average.update_parameters(state.trainer.model)
 
     def on_validation_end(self, state: TrainState) -> None:
+        """Validate the average on the trainer's `val_loader` and add its metrics, named
+        with `prefix`, to the epoch's metrics in `state`."""
         # the run's random generators are left as they were, whatever the loader draws
         with torch.random.fork_rng(devices=[]):
             metrics = state.trainer.validate(model=self.average.module)
@@ -436,4 +493,6 @@ class EMACallback(Callback):
         return {"average": self.average.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Keep the average in `state`, what `state_dict` returned, for `on_train_begin`
+        to load."""
         self._pending = state.get("average")

@@ -55,7 +55,10 @@ __all__ = ['DEVICE', 'AMP_DTYPES', 'MONITORED', 'LOGGERS', 'MAX_THREADS', 'MAX_S
 
 # %% ../../nbs/09_training_config.ipynb #90671854
 class ConfigError(ValueError):
-    "A configuration that cannot run; `path` is the field's dotted path (`model.lr`)."
+    """A configuration that cannot run; `path` is the field's dotted path
+    (`optimizer.lr`). The message is `path=value; expected allowed`, with the `value`
+    given (shortened) and what is `allowed` in words; a `reason` makes it
+    `path: reason` instead, for a problem that is not one value's."""
 
     def __init__(
         self, path: str, value: object = None, allowed: str = "", *, reason: str = ""
@@ -69,12 +72,14 @@ class ConfigError(ValueError):
 
     @classmethod
     def from_argument(cls, error: ArgumentError, prefix: str = "") -> ConfigError:
-        "The same error, its field put under `prefix` (`lr` in section `optimizer`)."
+        """`error`, an `ArgumentError`, as a `ConfigError`: its field put under `prefix`
+        (`lr` in section `optimizer`)."""
         return cls(prefix + error.field, error.value, error.allowed)
 
 # %% ../../nbs/09_training_config.ipynb #18951c97
 def steps_per_epoch(config: TrainConfig, world_size: int = 1) -> int:
-    "Optimiser steps per epoch: this process's batches, grouped by accumulation."
+    """Optimiser steps per epoch of `config`: this process's batches, grouped by
+    accumulation, when `world_size` processes share the training images."""
     share = math.ceil(train_size(config.data) / world_size)
     return math.ceil(
         math.ceil(share / config.data.batch_size) / config.grad_accum_steps
@@ -116,28 +121,31 @@ def _digits_vit() -> ModelConfig:
 
 @dataclass
 class TrainConfig:
-    "A whole training run: four sections and the run's own fields, validated together."
+    """A whole training run: four sections and the run's own fields, validated together.
+    The sections are `model` (a `ModelConfig`; by default a 4-layer ViT for the 8x8
+    digits), `optimizer` (an `OptimizerConfig`), `scheduler` (a `SchedulerConfig`) and
+    `data` (a `DataConfig`)."""
 
     model: ModelConfig = field(default_factory=_digits_vit)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    num_epochs: int = 10
+    num_epochs: int = 10  # passes over the training data
     device: str = "auto"  # "auto" picks cuda, then mps, then cpu
-    seed: int = 0
-    checkpoint_dir: str = "checkpoints"
+    seed: int = 0  # seeds the initialisation, the batches and training; 0 to 2**32 - 1
+    checkpoint_dir: str = "checkpoints"  # the run's folder: checkpoints, config, logs
     save_best: bool = True  # best.pt, by `monitor`
     save_every: int = 0  # also epoch_N.pt every N epochs; 0: never
     log_every: int = 50  # optimiser steps between progress updates
-    use_amp: bool = False
+    use_amp: bool = False  # mixed precision: forward passes autocast to `amp_dtype`
     amp_dtype: str = "bfloat16"  # "float16" needs CUDA (loss scaling)
-    grad_clip_norm: float | None = None
-    grad_accum_steps: int = 1
-    label_smoothing: float = 0.0
+    grad_clip_norm: float | None = None  # clip the gradients' total norm; None: never
+    grad_accum_steps: int = 1  # batches whose gradients make one optimiser step
+    label_smoothing: float = 0.0  # of the cross-entropy loss, in [0, 1)
     ema_decay: float | None = None  # a model EMA (DeiT: 0.99996), validated as val_ema/
     monitor: str = "val/accuracy"  # the metric that decides the best checkpoint
     early_stopping_patience: int = 0  # epochs without improvement; 0: off
-    experiment_name: str = "vit"
+    experiment_name: str = "vit"  # the run's name in its first line and in wandb
     threads: int | str = "auto"  # CPU threads; "auto": one for small models
     loggers: tuple[str, ...] = ("csv",)  # where metrics go, of LOGGERS
 
@@ -295,7 +303,9 @@ _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # what a key can be, to prin
 
 def config_from_dict(cls: type, data: object, path: str = "") -> Any:
     """An instance of the dataclass `cls` from plain `data`, strictly: types checked,
-    unknown keys refused."""
+    unknown keys refused. `path` is where `data` sits in the whole configuration, with
+    its trailing dot (`"model."`; `""` at the top), so that errors name fields in
+    full."""
     if not isinstance(data, Mapping):
         raise ConfigError(
             path.rstrip(".") or "config", data, "a mapping of field names to values"
@@ -394,7 +404,8 @@ def _describe(kind: Any) -> str:
 
 # %% ../../nbs/09_training_config.ipynb #6a4f3c0f
 def config_to_dict(config: Any) -> dict:
-    "A configuration as plain values (tuples as lists), for YAML or checkpoints."
+    """`config`, a `TrainConfig` or one of its sections, as plain values (nested
+    dictionaries, tuples as lists), for YAML or checkpoints."""
 
     def plain(value: object) -> object:
         if isinstance(value, dict):
@@ -469,8 +480,9 @@ MAX_CONFIG_BYTES = 1 << 20  # a configuration is a page of text; a megabyte is a
 def load_config(
     path: str | os.PathLike, base: str | os.PathLike | None = None
 ) -> TrainConfig:
-    """Read a `TrainConfig` from a YAML file, a `ConfigError` says what is wrong. With
-    `base`, a relative `model.init_from` in the file is relative to `base`."""
+    """Read a `TrainConfig` from the YAML file `path` (UTF-8, at most
+    `MAX_CONFIG_BYTES`); a `ConfigError` says what is wrong. With `base`, a relative
+    `model.init_from` in the file is relative to `base`."""
     path = Path(path)
     with path.open("rb") as f:
         raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -497,10 +509,11 @@ def load_config(
 
 # %% ../../nbs/09_training_config.ipynb #bac61883
 def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainConfig:
-    """A new config with each `key.path=value` applied, checked like a file. An
-    override of `model.name` to a library's model also resets the architecture fields
-    not overridden with it: they described the model it replaces, and the named
-    model decides them (`resolve_model`)."""
+    """A new config: `config` with each of `assignments` (`key.path=value`, the value
+    read as YAML) applied in order, checked like a file. An override of `model.name`
+    to a library's model also resets the architecture fields not overridden with it:
+    they described the model it replaces, and the named model decides them
+    (`resolve_model`)."""
     data, given = config_to_dict(config), set()
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
@@ -530,10 +543,12 @@ def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainCon
 
 # %% ../../nbs/09_training_config.ipynb #a9a633fd
 def build_from_config(config: TrainConfig, world_size: int = 1) -> dict[str, Any]:
-    """The model, optimizer, scheduler and criterion of a run, seeded with
-    `config.seed`, and under "weights" the `WeightsReport` of `model.init_from` (None
-    without). Published weights that cannot be had set `config.model.pretrained`
-    back to false, with a warning (`build_model_and_report`)."""
+    """The model, optimizer, scheduler and criterion of the run `config` describes
+    (validated first), seeded with `config.seed`, and under "weights" the
+    `WeightsReport` of `model.init_from` (None without). Published weights that cannot
+    be had set `config.model.pretrained` back to false, with a warning
+    (`build_model_and_report`). The scheduler counts the optimiser steps of one of
+    `world_size` processes sharing the data (`steps_per_epoch`)."""
     config.validate()
     seed_everything(config.seed)
     steps = steps_per_epoch(config, world_size)

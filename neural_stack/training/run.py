@@ -150,8 +150,10 @@ def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def resume_conflicts(saved: dict, now: dict) -> list[str]:
-    """The differences between the configuration a checkpoint was written with and
-    the one resuming it that would change the run. `num_epochs` may change only
+    """The differences between the configuration a checkpoint was written with,
+    `saved`, and the one resuming it, `now`, that would change the run: one line per
+    dotted key, sorted (`optimizer.lr: 0.001 there, 0.002 here`). Both are nested
+    dictionaries, as `config_to_dict` makes them. `num_epochs` may change only
     without a learning-rate schedule: a schedule is built for the run's length."""
     saved, now = _dotted(saved), _dotted(now)
     free = RESUME_MAY_CHANGE
@@ -211,9 +213,10 @@ def check_run_folder(
 # %% ../../nbs/12_training_cli.ipynb #5095a204
 @contextmanager
 def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold `folder/.lock` while a run writes there; a second run is refused. The lock
-    is the operating system's (`flock`), so it ends with its process, however that
-    ends: a killed run leaves nothing stale."""
+    """Hold `folder/.lock` while a run writes there; a second run is refused. `folder`
+    is created if missing; the lock file holds this process's id, and the `with` block
+    gets its path. The lock is the operating system's (`flock`), so it ends with its
+    process, however that ends: a killed run leaves nothing stale."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
@@ -376,8 +379,8 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 def check_loggers(config: TrainConfig) -> None:
-    """Refuse a logger of `config.loggers` whose package is not installed: a
-    `ConfigError` at `loggers` that says what to install."""
+    """Refuse a logger named in `config` (its `loggers`) whose package is not
+    installed: a `ConfigError` at `loggers` that says what to install."""
     for logger in config.loggers:
         package = LOGGER_PACKAGES.get(logger)
         if package is None:  # "csv" needs nothing
@@ -526,8 +529,8 @@ def evaluate(
 
 # %% ../../nbs/12_training_cli.ipynb #ea2a2c7b
 def confusion_figure(confusion: torch.Tensor, title: str = "") -> Any:
-    """A plotly heatmap of `confusion` (rows: true classes, columns: predicted), the
-    counts shown."""
+    """A plotly heatmap of `confusion`, a [C, C] tensor of counts (rows: true classes,
+    columns: predicted), the counts shown; `title` heads it (`""`: untitled)."""
     import plotly.graph_objects as go  # here: only a figure needs plotly
 
     labels = [str(i) for i in range(len(confusion))]

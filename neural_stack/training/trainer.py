@@ -46,7 +46,9 @@ class DeviceError(RuntimeError):
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    "`auto`: CUDA, then MPS, then the CPU; a named device must exist on this machine."
+    """The `torch.device` to train on. `device` "auto" picks CUDA, then MPS, then the
+    CPU; a named one (such as "cpu", "cuda:1", "mps", or a `torch.device`) must exist on
+    this machine, else it is a `DeviceError`."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -94,7 +96,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    "Restore what `rng_state` returned."
+    """Restore the generators to `state`, what `rng_state` returned (CUDA's only where
+    CUDA is available)."""
     p, n = state["python"], state["numpy"]
     random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
     np.random.set_state(
@@ -170,21 +173,25 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 class TrainState:
     "Where a run is; every callback hook receives it."
 
-    trainer: Trainer
-    num_epochs: int
+    trainer: Trainer  # the `Trainer` that runs the hooks
+    num_epochs: int  # the run's epochs in all, those before a resume included
     epoch: int = 0  # the current epoch, counted from 0
     step: int = 0  # optimiser steps taken
     batch: int = 0  # the current batch within the epoch
-    # the last `train_step` result; the metrics of the epoch being validated (from
-    # `on_validation_begin`), else of the last finished one; every finished epoch's
+    # the last `train_step` result (by default `loss`, `count` and `correct`)
     batch_output: dict[str, Any] = field(default_factory=dict)
+    # the metrics of the epoch being validated (from `on_validation_begin`), else of
+    # the last finished one
     metrics: dict[str, float] = field(default_factory=dict)
+    # the metrics of every finished epoch, in order
     history: list[dict[str, float]] = field(default_factory=list)
     should_stop: bool = False  # a callback sets it to end the run after this epoch
 
 
 class Callback:
-    "Hooks a `Trainer` calls with its `TrainState`; each does nothing by default."
+    """Hooks a `Trainer` calls with its `TrainState`, the `state` argument of every
+    hook: one object for the whole run, which hooks read and may change
+    (`state.metrics`, `state.should_stop`). Each hook does nothing by default."""
 
     # callbacks run in increasing `order` (stable): a checkpoint writer goes last
     order = 0
@@ -199,25 +206,29 @@ class Callback:
     def on_batch_end(self, state: TrainState) -> None: ...
     def on_before_backward(self, state: TrainState, loss: Tensor) -> None:
         """`loss`, the batch's mean loss with its graph, is about to be back-propagated
-        (times the batch size); its value is on the device until read."""
+        (times the batch size); its value is on the device until read. `state.batch`
+        is the batch's index in the epoch (`state`: the run's `TrainState`)."""
 
     def on_after_optimizer_step(self, state: TrainState) -> None:
-        "The optimiser has updated the weights; `state.step` counts this step."
+        """The optimiser has updated the weights, and the scheduler, if any, the
+        learning rate; the step count of `state` (`state.step`) includes this step."""
 
     def on_validation_begin(self, state: TrainState) -> None: ...
     def on_validation_end(self, state: TrainState) -> None:
-        """`state.metrics` holds the epoch's training and validation metrics; what is
-        added to it belongs to the epoch, for every `on_epoch_end` to see."""
+        """The epoch's validation is done: the metrics of `state` (`state.metrics`) hold
+        its training and validation metrics; what is added to them belongs to the
+        epoch, for every `on_epoch_end` to see."""
 
     def on_train_failed(self, state: TrainState, error: BaseException) -> None:
-        "The run stops on `error`, raised again once every callback has seen it."
+        """The run stops on `error`, raised again once every callback has seen it;
+        `state` is where it stopped."""
 
     def state_dict(self) -> dict[str, Any]:
         "What the callback must keep across a resumed run (plain values and tensors)."
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        "Restore what `state_dict` returned."
+        "Restore `state`, what `state_dict` returned (from a resumed run's checkpoint)."
 
 # %% ../../nbs/10_training_trainer.ipynb #7e57a2a1
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -233,9 +244,23 @@ class CheckpointError(ValueError):
 # %% ../../nbs/10_training_trainer.ipynb #4c431780
 class Trainer:
     """Trains `model` for `num_epochs` on `train_loader`, validating after each epoch.
-    `num_threads` sets PyTorch's CPU threads while it trains (None: unchanged).
-    `run_config` is the run's description as plain values (a dict), kept in every
-    checkpoint; the trainer never reads it."""
+    `train_loader` has a length and yields `(inputs, targets)` batches (see
+    `unpack_batch`); `val_loader` is the data validated on after every epoch (None: no
+    validation, and no `val/` metrics). `criterion` gives the batch's mean loss from
+    the outputs and the targets (None: `nn.CrossEntropyLoss()`). `optimizer` steps
+    once every `grad_accum_steps` batches and at the epoch's last batch, on the
+    gradients averaged over the samples of those batches, clipped to a total norm of
+    `grad_clip_norm` (None: not clipped; when clipped, the mean norm before clipping is
+    the metric `train/grad_norm`). `lr_scheduler`, if any, steps after every optimiser
+    step, not every epoch. `callbacks` run in increasing `order`. `device`: as
+    `resolve_device` takes it; in a distributed run on CUDA, each process uses the GPU
+    of its local rank. `use_amp` runs the forward passes in mixed precision of
+    `amp_dtype`, "bfloat16" or "float16" (CUDA only, with loss scaling). `log_every`:
+    the batches between checks that the loss is finite, each a wait for the device.
+    `seed` seeds Python, NumPy and PyTorch when `fit` starts, process `rank` with
+    `seed + rank` (None: not seeded). `num_threads` sets PyTorch's CPU threads while it
+    trains (None: unchanged). `run_config` is the run's description as plain values (a
+    dict), kept in every checkpoint; the trainer never reads it."""
 
     def __init__(
         self,
@@ -570,7 +595,8 @@ def autocast(self: Trainer):
 
 @patch
 def unpack_batch(self: Trainer, batch: Any) -> tuple[Any, Tensor]:
-    "A loader's batch as (inputs, targets) on the trainer's device."
+    """A loader's `batch`, a pair of tensors, as (inputs, targets) on the trainer's
+    device; an override unpacks batches of another form."""
     inputs, targets = batch
     move = dict(device=self.device, non_blocking=True)
     return inputs.to(**move), targets.to(**move)
@@ -584,14 +610,14 @@ def forward(self: Trainer, inputs: Any) -> Any:
 
 @patch
 def compute_loss(self: Trainer, outputs: Any, targets: Tensor) -> Tensor:
-    "The loss of `outputs`, averaged over the batch."
+    "The `criterion`'s loss of `outputs` against `targets`, averaged over the batch."
     return self.criterion(outputs, targets)
 
 # %% ../../nbs/10_training_trainer.ipynb #b1c2d3e4
 def target_classes(targets: Tensor) -> Tensor | None:
-    """Each sample's class: class indices `[B]` as they are; probabilities `[B, K]`
-    (soft targets) by their argmax, the dominant class of the mix (on a tie, the
-    lower index); None for targets of any other shape."""
+    """Each sample's class from `targets`: class indices `[B]` as they are;
+    probabilities `[B, K]` (soft targets) by their argmax, the dominant class of the
+    mix (on a tie, the lower index); None for targets of any other shape."""
     if targets.dim() == 1:
         return targets
     if targets.dim() == 2 and targets.is_floating_point():
@@ -601,8 +627,9 @@ def target_classes(targets: Tensor) -> Tensor | None:
 # %% ../../nbs/10_training_trainer.ipynb #c5d6e7f8
 @patch
 def count_correct(self: Trainer, outputs: Any, targets: Tensor) -> Tensor | None:
-    """Correct top-1 predictions in the batch (a tensor), against `target_classes`;
-    None without classes."""
+    """Correct top-1 predictions in the batch (a 0-d tensor): samples whose `outputs`
+    row, logits `[B, K]`, peaks at their class (`target_classes` of `targets`); None
+    without classes or for outputs of another shape."""
     classes = target_classes(targets)
     if isinstance(outputs, Tensor) and outputs.dim() == 2 and classes is not None:
         return (outputs.argmax(-1) == classes).sum()
@@ -613,9 +640,9 @@ def count_correct(self: Trainer, outputs: Any, targets: Tensor) -> Tensor | None
 def count_top_k(
     self: Trainer, outputs: Any, targets: Tensor, k: int = 5
 ) -> Tensor | None:
-    """Samples whose class (`target_classes`) is among the `k` highest outputs (a
-    tensor); None without classes, or with `k` classes or fewer, where all would
-    count."""
+    """Samples whose class (`target_classes` of `targets`) is among their `k` highest
+    `outputs`, logits `[B, K]` (a 0-d tensor); None without classes, for outputs of
+    another shape, or with `k` classes or fewer, where all would count."""
     classes = target_classes(targets)
     if (
         isinstance(outputs, Tensor)
@@ -630,8 +657,10 @@ def count_top_k(
 # %% ../../nbs/10_training_trainer.ipynb #d9e0f1a2
 @patch
 def train_step(self: Trainer, batch: Any) -> dict[str, Any]:
-    """Forward and backward for one batch; the gradients are the batch's sum (see
-    `_optimizer_step`). An override calls the `on_before_backward` hook itself."""
+    """Forward and backward for one `batch`, as the loader yields it; the gradients are
+    the batch's sum (see `_optimizer_step`). Returns the batch's mean `loss` (detached),
+    its sample `count` and `correct` (see `count_correct`). An override calls the
+    `on_before_backward` hook itself."""
     inputs, targets = self.unpack_batch(batch)
     with self.autocast():
         outputs = self.forward(inputs)
@@ -719,8 +748,9 @@ def _callback_keys(self: Trainer) -> list[tuple[str, Callback]]:
 
 # %% ../../nbs/10_training_trainer.ipynb #95d43eab
 def checksum(checkpoint: dict[str, Any]) -> str:
-    """The SHA-256 of a checkpoint's contents, every tensor's bytes and every plain
-    value, in order (its own `checksum` entry left out)."""
+    """The SHA-256 (hex digits) of the contents of `checkpoint`, a dict such as
+    `Trainer.state_dict` returns: every tensor's bytes and every plain value, in order
+    (its own `checksum` entry left out)."""
     h = hashlib.sha256()
 
     def feed(value: object) -> None:
@@ -744,7 +774,8 @@ def checksum(checkpoint: dict[str, Any]) -> str:
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
-    "Write `checkpoint` (a `Trainer.state_dict()`) atomically, with its `checksum`."
+    """Write `checkpoint` (a `Trainer.state_dict()`) atomically to `path`, with its
+    `checksum`; return `path` as a `Path`."""
     with atomic_open(path, "wb") as f:
         torch.save({**checkpoint, "checksum": checksum(checkpoint)}, f)
     return Path(path)
@@ -756,9 +787,10 @@ CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "history", "rng")
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Read a checkpoint that `save_checkpoint` wrote: tensors and plain values only
-    (`weights_only`), its keys present and its checksum right. Anything else is a
-    `CheckpointError` naming the file and what is wrong with it."""
+    """Read the checkpoint that `save_checkpoint` wrote to `path`, its tensors loaded
+    onto `map_location` (as `torch.load` takes it; default: the CPU): tensors and plain
+    values only (`weights_only`), its keys present and its checksum right. Anything
+    else is a `CheckpointError` naming the file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
