@@ -5,6 +5,9 @@ reproducibly from the run's seed."""
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from neural_stack.training.data import (
     DataConfig,
     build_augmentation,
     build_dataloaders,
+    PortableResize,
     image_size,
 )
 from neural_stack.validation import ArgumentError
@@ -104,11 +108,57 @@ def test_resize_gives_both_splits_img_size(crop):
     assert x.shape == (16, 1, 20, 20) and vx.shape == (16, 1, 20, 20)
     assert y.dtype == vy.dtype == torch.int64
     stored = val.dataset.images[:16]  # validation: the stored images, resized, scaled
-    resized = v2.functional.resize(stored, [20, 20], antialias=True)
+    resized = PortableResize(20)(stored)
     mean, std = data.DATASET_STATS["digits"]
     expected = (resized.float() / 255 - mean[0]) / std[0]
     assert torch.allclose(vx, expected, atol=1e-5)
     assert not torch.allclose(resized.float()[:, :, :8, :8], stored.float())
+
+
+def test_portable_resize_is_bilinear_with_antialiasing_rounded_half_up():
+    images = data._load("digits", "data")[0][0][:64]
+    exact = v2.functional.resize(images.double(), [28, 28], antialias=True)
+    ours = PortableResize(28)(images)
+    assert ours.dtype == torch.uint8 and ours.shape == (64, 1, 28, 28)
+    assert (ours.double() - exact).abs().max() <= 0.5 + 1e-6
+    theirs = v2.Resize(28, antialias=True)(images)  # torch's uint8 kernels
+    assert (ours.int() - theirs.int()).abs().max() <= 1
+    halves = torch.tensor([[[[10, 11], [10, 11]]], [[[12, 13], [12, 13]]]])
+    # 10.5 and 12.5 both round up (half to even would give 10 and 12)
+    assert PortableResize(1)(halves.to(torch.uint8)).flatten().tolist() == [11, 13]
+    down = PortableResize(14)(data._load("mnist-5k", "data")[0][0][:8])
+    assert down.shape == (8, 1, 14, 14)
+
+
+def test_portable_resize_gives_the_same_pixels_under_both_cpu_kernels():
+    script = (
+        "import hashlib, torch\n"
+        "from neural_stack.training.data import PortableResize, _load\n"
+        "digits, mnist = (_load(n, 'data')[0][0][:300] for n in ('digits', 'mnist-5k'))\n"
+        "sizes = [(digits, s) for s in (4, 6, 16, 24, 28, 32, 224)]\n"
+        "sizes += [(mnist, s) for s in (7, 14, 20, 32, 56)]\n"
+        "for images, s in sizes:\n"
+        "    pixels = PortableResize(s)(images).numpy().tobytes()\n"
+        "    print(s, hashlib.sha256(pixels).hexdigest())\n"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env=os.environ | profile,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for profile in ({}, {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"})
+    ]
+    assert runs[0].count("\n") == 12 and runs[0] == runs[1]
+
+
+def test_portable_resize_refuses_what_it_cannot_resize():
+    with pytest.raises(ArgumentError, match="size=0; expected an integer from 1"):
+        PortableResize(0)
+    with pytest.raises(ArgumentError, match="images.dtype=torch.float32; expected"):
+        PortableResize(4)(torch.zeros(1, 8, 8))
 
 
 def test_img_size_equal_to_the_datasets_own_changes_no_batch():

@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.functional import one_hot
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
@@ -31,21 +31,22 @@ from neural_stack.validation import (
 # %% auto #0
 __all__ = ['DATASETS', 'DATASET_STATS', 'MAX_RAND_AUG_OPS', 'MAX_RAND_AUG_MAGNITUDE', 'MAX_IMG_SIZE', 'DatasetInfo',
            'get_dataset_info', 'DatasetNotAvailableError', 'DatasetDamagedError', 'DataConfig', 'image_size',
-           'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size', 'build_dataloaders']
+           'PortableResize', 'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size',
+           'build_dataloaders']
 
 # %% ../../nbs/07_training_data.ipynb #472536aa
 @dataclass(frozen=True)
 class DatasetInfo:
     "What a training run needs to know about a dataset before it loads it."
 
-    name: str
-    num_classes: int
-    in_channels: int
+    name: str  # its key in `DATASETS`, as `DataConfig.dataset` names it
+    num_classes: int  # labels are 0 to num_classes - 1
+    in_channels: int  # 1: grey, 3: RGB
     img_size: int  # square images: img_size x img_size pixels
-    train_size: int
-    val_size: int
+    train_size: int  # images in the training split
+    val_size: int  # images in the validation split
     needs_download: bool  # False: the images ship inside an installed package
-    description: str
+    description: str  # one line: what the images are, and where they come from
 
 
 DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
@@ -188,7 +189,11 @@ def _where(data_dir: str) -> str:
 
 
 class DatasetNotAvailableError(RuntimeError):
-    "A dataset that must be downloaded is not in `data_dir`, and downloading it failed."
+    """A dataset to download is not in `data_dir`, and downloading it failed.
+
+    `name` is the dataset, `files` the paths under `data_dir` that torchvision reads
+    (the message lists them, to copy by hand), `cause` the exception the download
+    raised, quoted in the message on one line."""
 
     def __init__(
         self, name: str, data_dir: str, files: list[str], cause: BaseException
@@ -209,7 +214,11 @@ class DatasetNotAvailableError(RuntimeError):
 
 # %% ../../nbs/07_training_data.ipynb #8adaf0d1
 class DatasetDamagedError(DatasetNotAvailableError):
-    "A downloaded dataset's files are in `data_dir`, but some are missing or damaged."
+    """A downloaded dataset's files are in `data_dir`, but some are missing or damaged.
+
+    `name` is the dataset and `files` the paths under `data_dir` that torchvision
+    reads; `problems` maps each file (or archive) under `data_dir` that is missing or
+    damaged to what is wrong with it, as the message then says."""
 
     def __init__(
         self, name: str, data_dir: str, files: list[str], problems: dict[str, str]
@@ -461,28 +470,35 @@ MAX_IMG_SIZE = 1024  # data.img_size: ViTs fine-tune at 224 to 518
 
 @dataclass
 class DataConfig:
-    "Dataset, batching and augmentation of a run; checked when built and by validate()."
+    """The `data` section: dataset, batching and augmentation of a run.
 
-    dataset: str = "digits"
+    Checked when built and by `validate()`. Only the training split is augmented, each
+    step switched on by its field, in this order: `random_crop` keeps a box whose share
+    of the image's area is drawn from `crop_scale` (low, high; 0 < low <= high <= 1)
+    and whose width / height is drawn from `crop_ratio`, then `random_horizontal_flip`,
+    `color_jitter` and `rand_aug`; then, on normalised images, `random_erasing` and the
+    batch mixes."""
+
+    dataset: str = "digits"  # a name in `DATASETS`
     data_dir: str = _DATA_DIR  # where torchvision's datasets are, or are downloaded to
-    batch_size: int = 64
-    num_workers: int = 0
-    pin_memory: bool = False
+    batch_size: int = 64  # images per batch, in each process's two loaders
+    num_workers: int = 0  # worker processes of each loader; 0: the main process loads
+    pin_memory: bool = False  # page-locked batches, faster to copy to a GPU (CUDA only)
     img_size: int | None = None  # None: the dataset's own; else resized, both splits
-    random_horizontal_flip: bool = False
-    random_crop: bool = False  # RandomResizedCrop back to the dataset's own size
+    random_horizontal_flip: bool = False  # mirror each image with chance 1/2
+    random_crop: bool = False  # RandomResizedCrop, back to `image_size`
     crop_scale: tuple[float, float] = (
         0.08,
         1.0,
     )  # range of the crop's share of the area
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # range of its width / height
-    color_jitter: bool = False
-    jit_brightness: float = 0.4
-    jit_contrast: float = 0.4
-    jit_saturation: float = 0.4
-    jit_hue: float = 0.1
-    rand_aug: bool = False
-    rand_aug_num_ops: int = 2
+    color_jitter: bool = False  # ColorJitter with the four `jit_` strengths below
+    jit_brightness: float = 0.4  # factor drawn from [max(0, 1 - b), 1 + b]
+    jit_contrast: float = 0.4  # factor drawn likewise, from [max(0, 1 - c), 1 + c]
+    jit_saturation: float = 0.4  # likewise; 0 on a one-channel dataset
+    jit_hue: float = 0.1  # shift drawn from [-h, h] of a turn, h <= 0.5; 0 on grey
+    rand_aug: bool = False  # RandAugment's random ops on each image
+    rand_aug_num_ops: int = 2  # ops per image, 1 to MAX_RAND_AUG_OPS
     rand_aug_magnitude: int = 9  # 0 to 10, as the paper, timm and DeiT (m9) count
     random_erasing: float = 0.0  # chance to erase a box, normalised (DeiT: 0.25)
     mixup_alpha: float = 0.0  # Beta(a, a) of MixUp's weight; 0: off (DeiT: 0.8)
@@ -558,16 +574,41 @@ def image_size(config: DataConfig) -> int:
         return config.img_size
     return get_dataset_info(config.dataset).img_size
 
+# %% ../../nbs/07_training_data.ipynb #bd9f6d48
+class PortableResize(nn.Module):
+    """Resize `uint8` images [..., C, H, W] to `size` x `size` pixels, bilinear with
+    antialiasing, to the same pixels on every CPU: in float64, rounded half up.
+
+    `resize(images)` takes uint8 `images` [..., C, H, W] and returns uint8
+    [..., C, size, size]; any other dtype raises an `ArgumentError`. `size` is at most
+    `MAX_IMG_SIZE`."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = check_int("size", size, maximum=MAX_IMG_SIZE)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8:
+            raise ArgumentError("images.dtype", images.dtype, "torch.uint8")
+        exact = v2.functional.resize(
+            images.to(torch.float64), [self.size, self.size], antialias=True
+        )
+        # half up, with a margin far above float64's error: ties round alike everywhere
+        return exact.add_(0.5 + 1e-6).floor_().clamp_(0, 255).to(torch.uint8)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
 # %% ../../nbs/07_training_data.ipynb #8fb15907
-def _resize(config: DataConfig) -> list[v2.Transform]:
+def _resize(config: DataConfig) -> list[Callable]:
     "The resize to `img_size` that both splits get first, if it changes the size."
     size = image_size(config)
     if size == get_dataset_info(config.dataset).img_size:
         return []
-    return [v2.Resize((size, size), antialias=True)]  # bilinear
+    return [PortableResize(size)]
 
 
-def _augmentations(config: DataConfig) -> list[v2.Transform]:
+def _augmentations(config: DataConfig) -> list[Callable]:
     size = image_size(config)
     steps = _resize(config)
     if config.random_crop:
@@ -605,9 +646,10 @@ def build_augmentation(config: DataConfig) -> v2.Compose:
 
 # %% ../../nbs/07_training_data.ipynb #93b21854
 class ImageTensorDataset(Dataset):
-    """uint8 images [N, C, H, W] and int64 labels [N], held in memory. `dataset[i]` is
-    (transform(images[i]), labels[i]); `dataset[(i, seed)]` draws the transform's random
-    numbers from `seed`, leaving torch's global generator as it was."""
+    """uint8 `images` [N, C, H, W] and int64 `labels` [N], held in memory. `dataset[i]`
+    is (`transform` applied to images[i], labels[i]), the image as it is where
+    `transform` is None; `dataset[(i, seed)]` draws the transform's random numbers from
+    `seed`, leaving torch's global generator as it was."""
 
     def __init__(
         self, images: Tensor, labels: Tensor, transform: Callable | None = None
@@ -667,7 +709,8 @@ class _SeededShuffle(Sampler):
 
 
 def seed_everything(seed: int) -> None:
-    "Seed Python's, NumPy's and PyTorch's random number generators (all devices)."
+    """Seed Python's, NumPy's and PyTorch's random number generators (all devices)
+    with `seed`; NumPy's, which takes 32 bits, with `seed` modulo $2^{32}$."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -744,7 +787,7 @@ class _MixCollate:
 def build_dataloaders(
     config: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders of `config.dataset`.
+    """Training and validation loaders of `config.dataset`, as `config` describes.
 
     Batches are float32 images [B, C, H, W], H = W = `image_size(config)`, normalised
     with `DATASET_STATS` (or the config's `mean` and `std`), and int64 labels [B]; with

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -62,10 +62,10 @@ class ModelEntry:
     """A registered model: its builder, the sources it builds from, its rule check, and
     whether it has batch norm (which cannot train on a batch of one image)."""
 
-    build: Callable[[ModelConfig], nn.Module]
-    sources: tuple[str, ...]
-    check: Callable[[ModelConfig], None] | None = None
-    batch_norm: bool = False
+    build: Callable[[ModelConfig], nn.Module]  # the `model` section -> the model
+    sources: tuple[str, ...]  # the `ModelConfig.source` values it builds from
+    check: Callable[[ModelConfig], None] | None = None  # its field check; None: none
+    batch_norm: bool = False  # True: it cannot train on a batch of one image
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -77,7 +77,13 @@ def register_model(
     check: Callable[[ModelConfig], None] | None = None,
     batch_norm: bool = False,
 ):
-    "Decorator: register `build(config) -> nn.Module` as the model called `name`."
+    """Decorator: register `build(config) -> nn.Module` as the model called `name`
+    (replacing any model of that name), in a `ModelEntry`. `sources` are the
+    `ModelConfig.source` values it accepts; `check`, called with the section by
+    `ModelConfig.validate`, raises an `ArgumentError` for a field the model cannot
+    take (None: no check of its own); `batch_norm` says that the model has batch norm,
+    so that `TrainConfig` refuses a configuration that would train it on a batch of
+    one image."""
 
     def add(
         build: Callable[[ModelConfig], nn.Module],
@@ -91,7 +97,21 @@ def register_model(
 @dataclass
 class ModelConfig(ViTConfig):
     """The `model` section: a `ViTConfig` plus `name`, `source`, `pretrained`, and where
-    training starts (`init_from`) and what it trains (`freeze`)."""
+    training starts (`init_from`) and what it trains (`freeze`).
+
+    The `ViTConfig` fields describe a ViT for `img_size` x `img_size` images (an
+    integer, or [h, w] with h == w, which `validate` makes h) of `in_channels`
+    channels, cut into `patch_size` x `patch_size` patches, each embedded in
+    `embed_dim` features; `num_layers` blocks of `num_heads` attention heads and an MLP
+    `mlp_ratio` times `embed_dim` wide; `num_classes` outputs (0 for a ViT: no head,
+    pooled features). `dropout`, `attention_dropout` and `drop_path` (stochastic
+    depth, rising from 0 in the first block to this rate in the last) are rates in
+    [0, 1). `positional_embedding` is a kind of `PositionalEmbedding` ("learned-1d",
+    "learned-2d", "sincos-2d" or "none"), `use_cls_token` pools through a class token
+    (False: the mean of the patch tokens), and `distillation_token` adds DeiT's second
+    token and head. "cnn" and "resnet18" read only some of these (`build_cnn`,
+    `build_resnet18`); a library's ViT writes its own architecture into them
+    (`resolve_model`)."""
 
     img_size: int | tuple[int, int] = (
         32  # [h, w] is read as h when h == w: square images
@@ -376,10 +396,11 @@ class PretrainedWeightsWarning(UserWarning):
 def build_model_and_report(
     config: ModelConfig,
 ) -> tuple[nn.Module, WeightsReport | None]:
-    """`build_model`'s model and, with `config.init_from`, the `WeightsReport` of the
-    weights it starts from (None without). Where `pretrained` weights cannot be had
-    (no network, no cache) a `PretrainedWeightsWarning`, random weights, and
-    `config.pretrained` (and `freeze`) set back so that the section says what ran."""
+    """`build_model`'s model of the `model` section `config` (validated first) and,
+    with `config.init_from`, the `WeightsReport` of the weights it starts from (None
+    without). Where `pretrained` weights cannot be had (no network, no cache) a
+    `PretrainedWeightsWarning`, random weights, and `config.pretrained` (and `freeze`)
+    set back so that the section says what ran."""
     check_model_size(config.validate())
     state = torch.random.get_rng_state()
     try:
@@ -403,9 +424,10 @@ def build_model_and_report(
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The model `config.name` names, built by its registered builder or its library
-    after validation and after its size is checked against `MAX_PARAMETERS`
-    (`check_model_size`); from `init_from`'s weights, frozen as `freeze` says."""
+    """The model that the `model` section `config` describes: `config.name`, built by
+    its registered builder or its library after validation and after its size is
+    checked against `MAX_PARAMETERS` (`check_model_size`); from `init_from`'s weights,
+    frozen as `freeze` says."""
     return build_model_and_report(config)[0]
 
 
@@ -422,37 +444,23 @@ def _build_library(config: ModelConfig) -> nn.Module:
     if config.is_vit():
         if config.pretrained:
             return _pretrained_vit(config)
-        c = config.vit_config()
-        if config.source == "timm":
-            rates = dict(
-                pos_drop_rate=c.dropout,
-                proj_drop_rate=c.dropout,
-                attn_drop_rate=c.attention_dropout,
-                drop_path_rate=c.drop_path,
-            )
-            return from_timm(_library_model(*_library_key(config), **rates))
-        rates = dict(dropout=c.dropout, attention_dropout=c.attention_dropout)
-        return from_torchvision(_library_model(*_library_key(config), **rates))
-    if not config.pretrained:
-        return _library_model(*_library_key(config))
-    name = pretrained_name(config)
-    if config.source == "timm":
-        import timm
+        port = from_timm if config.source == "timm" else from_torchvision
+        return port(_library_model(*_library_key(config), **_dropout_rates(config)))
+    if config.pretrained:
+        return _published_model(config)
+    return _library_model(*_library_key(config))
 
-        return _download(
-            "timm",
-            name,
-            lambda: timm.create_model(
-                name,
-                pretrained=True,
-                in_chans=config.in_channels,
-                num_classes=config.num_classes,
-            ),
+
+def _dropout_rates(config: ModelConfig) -> dict[str, float]:
+    "`config`'s dropout rates, named as its library's ViT constructor names them."
+    if config.source == "timm":
+        return dict(
+            pos_drop_rate=config.dropout,
+            proj_drop_rate=config.dropout,
+            attn_drop_rate=config.attention_dropout,
+            drop_path_rate=config.drop_path,
         )
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    return _download(
-        "torchvision", name, lambda: torchvision.models.get_model(name, weights=weights)
-    )
+    return dict(dropout=config.dropout, attention_dropout=config.attention_dropout)
 
 # %% ../../nbs/08_training_factory.ipynb #a1f80007
 WEIGHT_FILES = ("model.pt", "best.pt", "last.pt")  # in a folder, the first one found
@@ -482,10 +490,10 @@ class WeightsReport:
     """What `load_weights` loaded: the file, a prefix of its SHA-256 digest, the grid
     its positions were resampled from and to, the classes its head had and has."""
 
-    path: str
-    sha256: str
-    grid: tuple[tuple[int, int], tuple[int, int]] | None = None
-    classes: tuple[int, int] | None = None
+    path: str  # the path `load_weights` was given: a file or a run folder
+    sha256: str  # the file's SHA-256 digest, its first 12 hex digits
+    grid: tuple[tuple[int, int], tuple[int, int]] | None = None  # None: as saved
+    classes: tuple[int, int] | None = None  # (file's, model's); None: head as saved
 
     def __str__(self) -> str:
         changes = []
@@ -632,7 +640,8 @@ def count_parameters(config: ModelConfig) -> int:
 
 
 def check_model_size(config: ModelConfig) -> int:
-    "The model's parameter count; a `ModelTooLargeError` past `MAX_PARAMETERS`."
+    """The parameter count of the model `config` describes; a `ModelTooLargeError` past
+    `MAX_PARAMETERS`, an `ArgumentError` for more than `MAX_LAYERS` blocks."""
     check_int("num_layers", config.num_layers, maximum=MAX_LAYERS)
     count = count_parameters(config)
     if count > MAX_PARAMETERS:
@@ -688,7 +697,9 @@ def _check_vit(config: ModelConfig) -> None:
 
 @register_model("vit", sources=("custom", "timm", "torchvision"), check=_check_vit)
 def build_vit(config: ModelConfig) -> VisionTransformer:
-    "Our `VisionTransformer`, built directly or ported from timm's or torchvision's."
+    """Our `VisionTransformer`, built directly or ported from timm's or torchvision's:
+    from `config`'s fields, directly with `source` "custom", else through the
+    library's class, with its published weights where `pretrained`."""
     c = config.vit_config()
     if config.source == "custom":
         return VisionTransformer.from_config(c)
@@ -784,10 +795,11 @@ def pretrained_name(config: ModelConfig) -> str:
         )
     return table[key]
 
-
+# %% ../../nbs/08_training_factory.ipynb #4b758ef1
 def pretrained_stats(config: ModelConfig) -> tuple[tuple[float, ...], ...]:
-    """The per-channel mean and standard deviation the published weights were
-    trained with; for one channel, their averages (exact when the channels agree)."""
+    """The per-channel mean and standard deviation that the published weights `config`
+    asks for (`pretrained_name`) were trained with; for `config.in_channels` 1, their
+    averages over the channels (exact when the channels agree)."""
     name = pretrained_name(config)
     if config.source == "timm":
         from timm.models import get_pretrained_cfg
@@ -801,59 +813,44 @@ def pretrained_stats(config: ModelConfig) -> tuple[tuple[float, ...], ...]:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     return tuple(mean), tuple(std)
 
-
+# %% ../../nbs/08_training_factory.ipynb #51ccdf8e
 class PretrainedWeightsError(OSError):
     "Published weights could neither be downloaded nor found in the local cache."
 
 
-def _download(source: str, name: str, load: Callable[[], nn.Module]) -> nn.Module:
+def _published_model(config: ModelConfig, **kwargs) -> nn.Module:
+    """`config`'s library model with the published weights `pretrained_name` names,
+    downloaded once and read from the library's cache after that; `kwargs` go to the
+    model's constructor."""
+    name = pretrained_name(config)
+    if config.source == "timm":
+        import timm
+
+        kwargs |= dict(in_chans=config.in_channels, num_classes=config.num_classes)
+        load = partial(timm.create_model, name, pretrained=True, **kwargs)
+    else:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        load = partial(torchvision.models.get_model, name, weights=weights, **kwargs)
     try:
         return load()
     except OSError as error:  # no network, no cache: one clear message
         raise PretrainedWeightsError(
-            f"model.pretrained=True: could not download {source}'s weights {name!r} "
-            f"({type(error).__name__}: {error}). They download once and load from "
-            "the cache after that (HF_HOME for timm, TORCH_HOME for torchvision): "
+            f"model.pretrained=True: could not download {config.source}'s weights "
+            f"{name!r} ({type(error).__name__}: {error}). They download once and load "
+            "from the cache after that (HF_HOME for timm, TORCH_HOME for torchvision): "
             "connect this machine to the internet or copy a cache to it, or set "
             "model.pretrained=false to start from random weights"
         ) from error
 
-
+# %% ../../nbs/08_training_factory.ipynb #3840cf34
 def _pretrained_vit(config: ModelConfig) -> VisionTransformer:
     """Published weights ported to our ViT, at `config`'s image size (positions
     resampled), channels and classes (a new head unless they are ImageNet's 1,000)."""
-    c, name = config.vit_config(), pretrained_name(config)
-    if config.source == "timm":
-        import timm
-
-        source = _download(
-            "timm",
-            name,
-            lambda: timm.create_model(
-                name,
-                pretrained=True,
-                img_size=c.img_size,
-                in_chans=c.in_channels,
-                num_classes=c.num_classes,
-                pos_drop_rate=c.dropout,
-                proj_drop_rate=c.dropout,
-                attn_drop_rate=c.attention_dropout,
-                drop_path_rate=c.drop_path,
-            ),
-        )
-        return from_timm(source)
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    source = _download(
-        "torchvision",
-        name,
-        lambda: torchvision.models.get_model(
-            name,
-            weights=weights,
-            dropout=c.dropout,
-            attention_dropout=c.attention_dropout,
-        ),
-    )
-    ported = from_torchvision(source).resample(c.img_size)
+    rates = _dropout_rates(config)
+    if config.source == "timm":  # timm resamples the positions as it loads them
+        return from_timm(_published_model(config, img_size=config.img_size, **rates))
+    c = config.vit_config()
+    ported = from_torchvision(_published_model(config, **rates)).resample(c.img_size)
     model = VisionTransformer.from_config(c).train(ported.training)
     keep_head = c.num_classes == ported.num_classes
     state = {
@@ -899,7 +896,8 @@ def _check_resnet(config: ModelConfig) -> None:
 
 @register_model("resnet18", check=_check_resnet, batch_norm=True)
 def build_resnet18(config: ModelConfig) -> nn.Module:
-    "torchvision's ResNet-18 with a small-image stem: 3x3 stride-1 conv, no max-pool."
+    """torchvision's ResNet-18 with a small-image stem: 3x3 stride-1 conv, no max-pool.
+    It reads `config`'s `in_channels` and `num_classes` only."""
     model = torchvision.models.resnet18(num_classes=config.num_classes)
     model.conv1 = nn.Conv2d(
         config.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False
@@ -922,7 +920,8 @@ def _check_cnn(config: ModelConfig) -> None:
 def build_cnn(config: ModelConfig) -> nn.Module:
     """A small VGG-style network: two stages of two 3x3 convolutions (batch norm, ReLU)
     and a 2x2 max-pool, with `embed_dim // 2` then `embed_dim` channels; global average
-    pooling, dropout and a linear classifier."""
+    pooling, dropout and a linear classifier. It reads `config`'s `in_channels`,
+    `embed_dim`, `dropout` and `num_classes`; `img_size` only has to be at least 4."""
     layers, channels = [], config.in_channels
     for width in (config.embed_dim // 2, config.embed_dim):
         for _ in range(2):
@@ -954,9 +953,10 @@ _NO_DECAY_MODULES = (
 def parameter_groups(
     model: nn.Module, weight_decay: float, layer_decay: float = 1.0
 ) -> list[dict]:
-    """Trainable parameters in optimiser groups, with `weight_decay` and without. With
-    `layer_decay` below 1 (a `VisionTransformer` only) also by depth, each group with
-    an `lr_scale` of layer_decay ** (its distance from the head), as BEiT fine-tunes."""
+    """`model`'s trainable parameters in optimiser groups, with `weight_decay` and
+    without (biases, tokens, norms and embeddings). With `layer_decay` below 1 (a
+    `VisionTransformer` only) also by depth, each group with an `lr_scale` of
+    layer_decay ** (its distance from the head), as BEiT fine-tunes."""
     if layer_decay != 1 and not isinstance(model, VisionTransformer):
         raise ArgumentError(
             "layer_decay", layer_decay, "1.0 unless the model is a VisionTransformer"
@@ -989,11 +989,11 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 class OptimizerConfig:
     "The `optimizer` section: which optimiser, its learning rate and hyper-parameters."
 
-    name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9
+    name: str = "adamw"  # one of OPTIMIZERS: "adamw", "adam" or "sgd"
+    lr: float = 1e-3  # learning rate before the schedule and `layer_decay` scale it
+    weight_decay: float = 0.05  # >= 0; biases, tokens, norms, embeddings get none
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's and AdamW's, each in [0, 1)
+    momentum: float = 0.9  # SGD's, in [0, 1)
     layer_decay: float = 1.0  # below 1: layer-wise learning rates for fine-tuning a ViT
 
     def __post_init__(self):
@@ -1033,7 +1033,7 @@ SCHEDULERS = ("none", "step", "cosine", "cosine_warmup")
 class SchedulerConfig:
     "The `scheduler` section: a schedule in epochs, stepped per optimiser step."
 
-    name: str = "cosine"
+    name: str = "cosine"  # one of SCHEDULERS; "none": a constant learning rate
     step_size: int = 30  # epochs between decays, for "step"
     gamma: float = 0.1  # decay factor, for "step"
     T_max: int | None = None  # epochs of cosine decay; None: the rest of the run
@@ -1061,7 +1061,8 @@ def build_scheduler(
     num_epochs: int,
     steps_per_epoch: int,
 ) -> LRScheduler:
-    "The schedule `config` describes: `num_epochs` of `steps_per_epoch` steps."
+    """The schedule `config` describes for `optimizer`'s learning rates, stepped once
+    per optimiser step: `num_epochs` of `steps_per_epoch` steps."""
     config.validate()
     check_int("num_epochs", num_epochs)
     check_int("steps_per_epoch", steps_per_epoch)
