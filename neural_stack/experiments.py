@@ -63,12 +63,13 @@ def sweep(
     records: RunRecords | None = None,
     name: str | None = None,
 ) -> pd.DataFrame:
-    """Train `config` once for every variant and seed. `variants` maps a name to its
-    overrides (`key.path=value`, as on the command line). Returns one row per run: the
-    variant, the seed, the final validation metrics (`val/`, and a callback's such as
-    `val_ema/`), the parameter count and the seconds taken. `verbose` prints a line per
-    run. With `records`, each run is the record `name/<variant>/seed-<seed>` where one
-    matches (`RunRecords.run`), and a line says how many were read."""
+    """Train `config` once for every variant and every seed of `seeds`. `variants` maps
+    a name to its overrides (`key.path=value`, as on the command line). Returns one row
+    per run: the variant, the seed, the final validation metrics (`val/`, and a
+    callback's such as `val_ema/`), the parameter count and the seconds taken.
+    `verbose` prints a line per run. With `records`, each run is the record
+    `name/<variant>/seed-<seed>` where one matches (`RunRecords.run`), and a line says
+    how many were read; `name` is the experiment's folder among the records."""
     if not isinstance(variants, Mapping) or not variants:
         raise ArgumentError(
             "variants", variants, "a non-empty mapping name -> overrides"
@@ -130,8 +131,9 @@ def summarise(
     runs: pd.DataFrame, metric: str = "val/accuracy", confidence: float = 0.95
 ) -> pd.DataFrame:
     """Mean, standard deviation, minimum and maximum of `metric` for each variant of
-    `sweep`'s runs, in the order the variants ran, with the number of seeds and the
-    `confidence` interval of the mean, `low` to `high` (Student's t over the seeds)."""
+    `runs` (a `sweep`'s table), in the order the variants ran, with the number of
+    seeds and the `confidence` interval of the mean, `low` to `high` (Student's t over
+    the seeds)."""
     if metric not in runs.columns:
         raise ArgumentError(
             "metric", metric, f"one of the columns {list(runs.columns)}"
@@ -147,8 +149,9 @@ def summarise(
 # %% ../nbs/13_experiments.ipynb #71ca69fd
 @dataclass(frozen=True)
 class Difference:
-    """Variant `a` against variant `b`: the mean difference of `metric` (a - b) over
-    `seeds` seeds, and its `confidence` interval, `low` to `high`."""
+    """Variant `a` against variant `b`: the `mean` difference of `metric` (a - b) over
+    `seeds` seeds, and its `confidence` interval, `low` to `high`; `paired` says whether
+    the runs were paired by seed or compared as two samples (Welch)."""
 
     a: str
     b: str
@@ -186,9 +189,10 @@ def compare(
     metric: str = "val/accuracy",
     confidence: float = 0.95,
 ) -> Difference:
-    """Variant `a` against variant `b` of `sweep`'s runs. Where the two ran the same
-    seeds, the runs are paired by seed and the interval is Student's t over the
-    per-seed differences; otherwise it is Welch's, over the two samples."""
+    """Variant `a` against variant `b` of `runs` (a `sweep`'s table): the difference of
+    their `metric` and its `confidence` interval. Where the two ran the same seeds, the
+    runs are paired by seed and the interval is Student's t over the per-seed
+    differences; otherwise it is Welch's, over the two samples."""
     if metric not in runs.columns:
         raise ArgumentError(
             "metric", metric, f"one of the columns {list(runs.columns)}"
@@ -295,8 +299,9 @@ def run_settings(config: TrainConfig) -> dict:
 
 
 def machine(device: torch.device | str, threads: int | None = None) -> dict:
-    """What a run runs on: the device, the versions, the CPU threads (`threads`, or
-    this process's) and kernels."""
+    """What a run runs on: the `device` (with the GPU's name on CUDA), the versions of
+    torch and Python, the CPU threads (`threads`, or this process's) and the CPU
+    kernels torch dispatches to."""
     device = torch.device(device)
     info = {
         "device": str(device),
@@ -322,8 +327,10 @@ def weights_digest(model: nn.Module) -> str:
 @dataclass
 class Run:
     """One training run, trained here or read from its record (`source` says which):
-    its config, its per-epoch `history`, the trained `model` where it was kept, its
-    parameter count, the seconds it took and what it ran on."""
+    its `name`, its `config`, its per-epoch `history`, the trained `model` where it was
+    kept, its count of `parameters`, the `seconds` it took, the `machine` it ran on
+    (`machine()`) and the `fingerprint` of the code it ran (`code_fingerprint`, taken
+    as it started)."""
 
     name: str
     config: TrainConfig
@@ -333,6 +340,7 @@ class Run:
     machine: dict
     source: str  # "trained" or "record"
     model: nn.Module | None = None
+    fingerprint: dict | None = None
 
     @property
     def final(self) -> dict:
@@ -351,14 +359,15 @@ def train_run(
     trainer_class: type[Trainer] = Trainer,
     **trainer_kwargs: Any,
 ) -> Run:
-    """Train `config` as `build_trainer` builds it (a `Run` among `trainer_kwargs`
-    passes its model) and return the `Run`, its model in eval mode."""
+    """Train `config` as `build_trainer` builds it, with `callbacks`, as a
+    `trainer_class` given `trainer_kwargs` (a `Run` among them passes its model, such as
+    a teacher), and return the `Run` called `name`, its model in eval mode."""
     kwargs = {
         k: v.model if isinstance(v, Run) else v for k, v in trainer_kwargs.items()
     }
     config = normalised_as_pretrained(config)  # as build_trainer runs it
     trainer = build_trainer(config, callbacks, trainer_class=trainer_class, **kwargs)
-    start = time.perf_counter()
+    fingerprint, start = code_fingerprint(), time.perf_counter()
     history = trainer.fit()["history"]
     return Run(
         name=name,
@@ -369,6 +378,7 @@ def train_run(
         machine=machine(trainer.device, trainer.num_threads),
         source="trained",
         model=trainer.model.eval(),
+        fingerprint=fingerprint,
     )
 
 # %% ../nbs/13_experiments.ipynb #6f4d2ac6
@@ -482,6 +492,7 @@ def load(self: RunRecords, name: str, weights: bool = False) -> Run:
         machine=record["machine"],
         source="record",
         model=model,
+        fingerprint=record["fingerprint"],
     )
 
 # %% ../nbs/13_experiments.ipynb #0641cf9e
@@ -490,7 +501,8 @@ def mismatch(
     self: RunRecords, name: str, config: TrainConfig, trainer: dict, weights: bool
 ) -> str | None:
     """Why the record `name` is not the run `config` with `trainer` (a trainer class
-    and its arguments, as recorded) describes; None where it is."""
+    and its arguments, as recorded) describes, or lacks the model's weights where
+    `weights` asks for them; None where it is that run."""
     if not (self.folder(name) / "record.json").is_file():
         return "no record"
     record, recorded, _ = self._read(name)
@@ -532,8 +544,15 @@ def run(
 @patch
 def save(self: RunRecords, run: Run, trainer: dict, weights: bool = False) -> Path:
     """Record `run`, trained by `trainer` (as `mismatch` takes it), with its weights
-    where `weights`: written beside the record's folder, then moved onto it."""
+    where `weights`: written beside the record's folder, then moved onto it. A run
+    whose code changed on disk while it trained is refused: its record would carry the
+    fingerprint of code that did not train it."""
     folder = self.folder(run.name)
+    if run.fingerprint is None or run.fingerprint != code_fingerprint():
+        raise RecordError(
+            f"{run.name}: the code changed while it trained (or it has no fingerprint);"
+            " not recorded: train it again"
+        )
     if folder.exists() and not (folder / "record.json").is_file():
         raise RecordError(f"{folder} exists and is not a record: not replaced")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -552,7 +571,7 @@ def save(self: RunRecords, run: Run, trainer: dict, weights: bool = False) -> Pa
             "parameters": run.parameters,
             "seconds": round(run.seconds, 1),
             "machine": run.machine,
-            "fingerprint": code_fingerprint(),
+            "fingerprint": run.fingerprint,
             "weights": None,
         }
         if weights:

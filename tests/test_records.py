@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from neural_stack import experiments
 from neural_stack.cli import main
 from neural_stack.experiments import (
     RecordError,
@@ -380,3 +381,26 @@ def test_a_record_that_starts_from_another_is_read_from_any_folder(
     }  # the run it starts from first, and both bit for bit
     order = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
     assert order == ["base/seed-0", "tuned/seed-0"]
+
+
+def test_a_run_whose_code_changed_while_it_trained_is_not_recorded(
+    tmp_path, monkeypatch
+):
+    records = RunRecords(tmp_path / "runs", write=True)
+    real = experiments.code_fingerprint
+    calls = []
+
+    def drifting(*args, **kwargs):  # the code on disk changes after the first look
+        calls.append(1)
+        found = real(*args, **kwargs)
+        return found if len(calls) == 1 else {**found, "neural_stack.models": "edited"}
+
+    monkeypatch.setattr(experiments, "code_fingerprint", drifting)
+    with pytest.raises(RecordError, match="the code changed while it trained"):
+        records.run("tiny/seed-0", ONE, verbose=False)
+    assert not (tmp_path / "runs" / "tiny").exists()
+    monkeypatch.setattr(experiments, "code_fingerprint", real)
+    run = records.run("tiny/seed-0", ONE, verbose=False)  # unchanged code: recorded
+    saved = json.loads((records.folder("tiny/seed-0") / "record.json").read_text())
+    assert saved["fingerprint"] == run.fingerprint == real()
+    assert records.load("tiny/seed-0").fingerprint == run.fingerprint

@@ -28,7 +28,9 @@ __all__ = ['DISTILLATIONS', 'FreezeReport', 'freeze', 'soft_distillation_loss', 
 
 # %% ../../nbs/14_transfer_distillation.ipynb #a9df48d9
 class FreezeReport(NamedTuple):
-    "What `freeze` left frozen: the parameters' names, and the counts of values."
+    """What `freeze` left frozen: the names of the `frozen` parameters, the count of
+    values in them (`frozen_values`) and in the parameters that still train
+    (`trainable_values`)."""
 
     frozen: list[str]
     frozen_values: int
@@ -106,9 +108,10 @@ def _check_same_classes(student_logits: Tensor, teacher_logits: Tensor) -> None:
 def soft_distillation_loss(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0
 ) -> Tensor:
-    """KL(teacher || student) between the temperature-softened class distributions,
-    averaged over the batch and multiplied by temperature squared, so that its
-    gradients keep their scale as the temperature changes (Hinton et al. 2015)."""
+    """KL(teacher || student) between the class distributions of `teacher_logits` and
+    `student_logits` [B, classes], each softened by `temperature`, averaged over the
+    batch and multiplied by temperature squared, so that its gradients keep their scale
+    as the temperature changes (Hinton et al. 2015)."""
     T = check_number("temperature", temperature, above=0)
     _check_same_classes(student_logits, teacher_logits)
     return (
@@ -128,13 +131,13 @@ DISTILLATIONS = ("soft", "hard")
 
 class DistillationTrainer(Trainer):
     """A `Trainer` that also learns from `teacher_model`'s outputs. The loss is
-    (1 - alpha) * criterion(student, labels) + alpha * distillation term, where the
-    term is `soft_distillation_loss` at `temperature` ("soft") or the cross entropy
-    with the teacher's predicted class ("hard", DeiT's). A student with a
+    (1 - `alpha`) * criterion(student, labels) + `alpha` * distillation term, where the
+    `distillation` term is `soft_distillation_loss` at `temperature` ("soft") or the
+    cross entropy with the teacher's predicted class ("hard", DeiT's). A student with a
     distillation token learns the labels through its class head and the teacher
     through its distillation head; at validation, as at inference, the heads are
     averaged. The teacher stays in eval mode, without gradients, on the trainer's
-    device, and is never updated. The other arguments are `Trainer`'s."""
+    device, and is never updated. `**trainer_kwargs` are `Trainer`'s arguments."""
 
     def __init__(
         self,
@@ -167,7 +170,8 @@ class DistillationTrainer(Trainer):
         self.teacher.to(self.device).eval()
 
     def forward(self, inputs: Any) -> Any:
-        "Validation: the student's logits. Training: the student's and the teacher's."
+        """The student's logits for the batch `inputs` in validation; in training, the
+        student's and the teacher's."""
         if not self.model.training:
             return self.network(inputs)
         with torch.no_grad():
