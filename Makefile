@@ -84,8 +84,8 @@ book-test: book
 	$(BIN)/python -m pytest tests/test_book.py
 
 # The recorded runs in runs/ that the chapters read (chapter 13, recorded runs). check-runs: every record's
-# code fingerprint is current, and the first epoch of every record re-trains to it within TOLERANCE,
-# on this CPU's kernels and on the portable profile's. runs: train records again and record them anew, all
+# code fingerprint is current, and the first epoch of one seed of each run (RunRecords.sample) re-trains to
+# its record within TOLERANCE, on this CPU's kernels and on the portable profile's. runs: train records again and record them anew, all
 # of them or RUN (a record or a folder of records, e.g. RUN=positions); then commit runs/.
 # The two profiles re-train on one thread each, so they run side by side, one a core.
 check-runs: venv

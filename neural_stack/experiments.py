@@ -50,9 +50,9 @@ from .training.trainer import Callback, Trainer, TrainState
 from .validation import ArgumentError, check_int, check_number
 
 # %% auto #0
-__all__ = ['FINGERPRINTED', 'UNRECORDED', 'TOLERANCE', 'sweep', 'summarise', 'Difference', 'compare', 'code_fingerprint',
-           'run_settings', 'machine', 'weights_digest', 'Run', 'train_run', 'RecordError', 'slug', 'RunRecords',
-           'runs_command']
+__all__ = ['FINGERPRINTED', 'MODELS_PACKAGE', 'UNRECORDED', 'TOLERANCE', 'sweep', 'summarise', 'Difference', 'compare',
+           'code_fingerprint', 'model_modules', 'run_fingerprint', 'run_settings', 'machine', 'weights_digest', 'Run',
+           'train_run', 'RecordError', 'slug', 'RunRecords', 'runs_command']
 
 # %% ../nbs/13_experiments.ipynb #dc68585b
 def sweep(
@@ -222,7 +222,6 @@ def compare(
 
 # %% ../nbs/13_experiments.ipynb #8b2f5cbe
 FINGERPRINTED = (
-    "neural_stack.models",
     "neural_stack.training.config",
     "neural_stack.training.data",
     "neural_stack.training.factory",
@@ -270,6 +269,36 @@ def code_fingerprint(parts: Sequence[str] = FINGERPRINTED) -> dict[str, str]:
         tokens = "\n".join(_code_tokens(textwrap.dedent(s)) for s in sources)
         hashes[part] = hashlib.sha256(tokens.encode()).hexdigest()[:16]
     return hashes
+
+# %% ../nbs/13_experiments.ipynb #5a7c3127
+MODELS_PACKAGE = "neural_stack.models"
+
+
+def model_modules(model: nn.Module) -> tuple[str, ...]:
+    """The modules of `MODELS_PACKAGE` that `model` runs: those that define its layers,
+    and every module of the package that they import, sorted."""
+    todo = {type(m).__module__ for m in model.modules()}
+    todo = {name for name in todo if name.startswith(f"{MODELS_PACKAGE}.")}
+    found = set()
+    while todo:
+        name = todo.pop()
+        found.add(name)
+        source = inspect.getsource(importlib.import_module(name))
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and node.module:  # from .attention import ...
+                todo.add(f"{MODELS_PACKAGE}.{node.module}")
+            elif node.level == 0 and node.module.startswith(f"{MODELS_PACKAGE}."):
+                todo.add(node.module)
+        todo -= found
+    return tuple(sorted(found))
+
+
+def run_fingerprint(model: nn.Module) -> dict[str, str]:
+    """The fingerprint of a run that trains `model`: `code_fingerprint` of the
+    `FINGERPRINTED` parts and of `model_modules(model)`."""
+    return code_fingerprint(FINGERPRINTED + model_modules(model))
 
 # %% ../nbs/13_experiments.ipynb #ad4fc242
 # Fields that say where a run writes and how often it reports, not what it computes.
@@ -329,7 +358,7 @@ class Run:
     """One training run, trained here or read from its record (`source` says which):
     its `name`, its `config`, its per-epoch `history`, the trained `model` where it was
     kept, its count of `parameters`, the `seconds` it took, the `machine` it ran on
-    (`machine()`) and the `fingerprint` of the code it ran (`code_fingerprint`, taken
+    (`machine()`) and the `fingerprint` of the code it ran (`run_fingerprint`, taken
     as it started)."""
 
     name: str
@@ -367,7 +396,7 @@ def train_run(
     }
     config = normalised_as_pretrained(config)  # as build_trainer runs it
     trainer = build_trainer(config, callbacks, trainer_class=trainer_class, **kwargs)
-    fingerprint, start = code_fingerprint(), time.perf_counter()
+    fingerprint, start = run_fingerprint(trainer.model), time.perf_counter()
     history = trainer.fit()["history"]
     return Run(
         name=name,
@@ -548,7 +577,8 @@ def save(self: RunRecords, run: Run, trainer: dict, weights: bool = False) -> Pa
     whose code changed on disk while it trained is refused: its record would carry the
     fingerprint of code that did not train it."""
     folder = self.folder(run.name)
-    if run.fingerprint is None or run.fingerprint != code_fingerprint():
+    parts = tuple(run.fingerprint or ())
+    if not parts or run.fingerprint != code_fingerprint(parts):
         raise RecordError(
             f"{run.name}: the code changed while it trained (or it has no fingerprint);"
             " not recorded: train it again"
@@ -664,26 +694,52 @@ def _differences(recorded: list[dict], trained: list[dict]) -> dict[str, float]:
             )
     return worst
 
+# %% ../nbs/13_experiments.ipynb #f6c43581
+@patch
+def sample(self: RunRecords) -> list[str]:
+    """One record of each run that the records hold at several seeds (the first by
+    name), and every record that is alone: what `check` re-trains by default. Records
+    that differ only in their seed train the same code with other random numbers."""
+    chosen = {}
+    for name in self.names():
+        try:
+            record, config, _ = self._read(name)
+        except RecordError:
+            chosen[name] = name  # `check` reports it
+            continue
+        settings = {k: v for k, v in run_settings(config).items() if k != "seed"}
+        key = json.dumps([settings, record["trainer"]], sort_keys=True)
+        chosen.setdefault(key, name)
+    return sorted(chosen.values())
+
 # %% ../nbs/13_experiments.ipynb #1990026e
 @patch
 def check(
     self: RunRecords, names: Sequence[str] | None = None, epochs: int = 1
 ) -> list[str]:
     """Verify the records: every one must load and carry the current code's
-    fingerprint; those of `names` (default: all) are re-trained for `epochs`
+    fingerprint; those of `names` (default: `sample()`) are re-trained for `epochs`
     epochs and must match their record within `TOLERANCE`. Prints each one's largest
     differences; returns the problems, one line each."""
     check_int("epochs", epochs)
-    names = self.names() if names is None else list(names)
-    current, problems, recorded = code_fingerprint(), [], self.names()
+    names = self.sample() if names is None else list(names)
+    problems, recorded = [], self.names()
     stale = {}  # the changed parts of the code, and how many records they concern
+    current = {}  # each part's hash now: None for a module or function that is gone
     for name in recorded:
         try:
             fingerprint = self._read(name)[0]["fingerprint"]
         except RecordError as e:
             problems.append(str(e))
             continue
-        for part in set(current) | set(fingerprint):
+        models = [p for p in fingerprint if p.startswith(f"{MODELS_PACKAGE}.")]
+        for part in [*FINGERPRINTED, *models]:
+            if part not in current:
+                try:
+                    current[part] = code_fingerprint([part])[part]
+                except (ImportError, AttributeError):
+                    current[part] = None
+        for part in {*FINGERPRINTED, *models, *fingerprint}:
             if current.get(part) != fingerprint.get(part):
                 stale[part] = stale.get(part, 0) + 1
     if stale:
@@ -766,7 +822,12 @@ def runs_command(args: argparse.Namespace) -> int:
     try:
         if not records.names():
             raise RecordError(f"no records in {records.root}")
-        names = records.select(args.names) if args.names else None
+        if args.names:
+            names = records.select(args.names)
+        elif args.action == "rebuild" or args.all:
+            names = records.names()
+        else:
+            names = records.sample()
         if args.action == "rebuild":
             unchanged = records.rebuild(names)
             changed = len(unchanged) - sum(unchanged.values())
@@ -786,5 +847,8 @@ def runs_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"{len(records.names())} records checked in {seconds:.0f} s: all hold")
+    print(
+        f"{len(records.names())} records checked, {len(names)} of them re-trained, "
+        f"in {seconds:.0f} s: all hold"
+    )
     return 0

@@ -5,15 +5,18 @@ no longer reproduces it."""
 import json
 import os
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from torch import nn
 
 from neural_stack import experiments
 from neural_stack.cli import main
+from neural_stack.models import VisionTransformer
 from neural_stack.experiments import (
     RecordError,
     RunRecords,
@@ -197,14 +200,15 @@ def test_check_passes_on_a_record_and_names_what_moved(recorded, capsys):
     )
 
 
-def test_check_re_trains_every_seed_not_only_the_first(tmp_path, capsys):
+def test_check_of_every_record_re_trains_every_seed(tmp_path, capsys):
     records = RunRecords(tmp_path, write=True)
     sweep(TINY, {"v": []}, seeds=[0, 1], verbose=False, records=records, name="s")
     metrics = records.folder("s/v/seed-1") / "metrics.csv"
     table = pd.read_csv(metrics)
     table.loc[0, "train/loss"] *= 1.1
     table.to_csv(metrics, index=False)
-    (problem,) = records.check()
+    assert records.check() == []  # the default sample re-trains seed 0 only
+    (problem,) = records.check(records.names())
     assert problem.startswith("s/v/seed-1: re-training no longer gives its record")
     assert "s/v/seed-0 re-trained" in capsys.readouterr().out
 
@@ -402,5 +406,38 @@ def test_a_run_whose_code_changed_while_it_trained_is_not_recorded(
     monkeypatch.setattr(experiments, "code_fingerprint", real)
     run = records.run("tiny/seed-0", ONE, verbose=False)  # unchanged code: recorded
     saved = json.loads((records.folder("tiny/seed-0") / "record.json").read_text())
-    assert saved["fingerprint"] == run.fingerprint == real()
+    assert (
+        saved["fingerprint"]
+        == run.fingerprint
+        == experiments.run_fingerprint(run.model)
+    )
     assert records.load("tiny/seed-0").fingerprint == run.fingerprint
+
+
+def test_a_run_is_fingerprinted_by_its_own_model_modules_only():
+    vit = VisionTransformer(img_size=8, patch_size=4, embed_dim=8, num_heads=2)
+    package = "neural_stack.models"
+    expected = ("attention", "patch_embedding", "positional_embedding")
+    expected = tuple(f"{package}.{m}" for m in (*expected, "vision_transformer"))
+    assert experiments.model_modules(vit) == expected
+    assert experiments.model_modules(nn.Sequential(nn.Conv2d(1, 2, 3))) == ()
+    parts = experiments.run_fingerprint(vit)
+    assert list(parts) == [*experiments.FINGERPRINTED, *expected]
+    assert parts == experiments.code_fingerprint(list(parts))
+
+
+def test_check_retrains_one_seed_of_each_run_unless_asked_for_all(tmp_path, capsys):
+    records = RunRecords(tmp_path / "runs", write=True)
+    for seed in (0, 1):
+        records.run(f"tiny/seed-{seed}", replace(ONE, seed=seed), verbose=False)
+    records.run(
+        "wider/seed-0", apply_overrides(ONE, ["model.embed_dim=32"]), verbose=False
+    )
+    assert records.sample() == ["tiny/seed-0", "wider/seed-0"]
+    capsys.readouterr()
+    assert main(["runs", "check", "--root", str(records.root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 records checked, 2 of them re-trained" in out
+    assert "tiny/seed-1 re-trained" not in out
+    assert main(["runs", "check", "--all", "--root", str(records.root)]) == 0
+    assert "3 records checked, 3 of them re-trained" in capsys.readouterr().out
