@@ -58,9 +58,11 @@ pytest: venv
 # chapter asserts (tests/nbval_sanitize.cfg); everything else digit for digit.
 NBVAL := $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg nbs/
 
+# Two chapters at a time, each on PyTorch's default threads: OpenMP threads that sleep while they wait
+# (OMP_WAIT_POLICY=PASSIVE) leave the cores to the other chapter instead of spinning on them.
 nbval: venv
-	@echo "== pytest --nbval nbs/ (strict output comparison)"
-	$(NBVAL) --junitxml=$(NBVAL_REPORT) --durations=10
+	@echo "== pytest --nbval nbs/ (strict output comparison), two chapters at a time"
+	OMP_WAIT_POLICY=PASSIVE $(NBVAL) -n 2 --dist loadfile --junitxml=$(NBVAL_REPORT) --durations=10
 
 # The same chapters under a second CPU profile, one thread and generic (non-vectorised) kernels: an output
 # that holds only on the machine that wrote it fails here, not on a learner's laptop or in Colab.
@@ -81,7 +83,7 @@ book: venv
 # Headless Chromium over every page of the built book (skips with a message where Chromium is missing).
 book-test: book
 	@echo "== browser test of book/_build/html"
-	$(BIN)/python -m pytest tests/test_book.py
+	$(BIN)/python -m pytest tests/test_book.py -n 2
 
 # The recorded runs in runs/ that the chapters read (chapter 13, recorded runs). check-runs: every record's
 # code fingerprint is current, and the first epoch of one seed of each run (RunRecords.sample) re-trains to
