@@ -162,9 +162,9 @@ def _add_runs(commands: argparse._SubParsersAction) -> None:
         "runs",
         help="check the recorded runs against the code, or rebuild them",
         description="Check the recorded runs in runs/ against the code (check: every "
-        "record's fingerprint, and the first epochs of one seed of each run re-trained), "
-        "or train them again and record them anew (rebuild). Chapter 13 explains the "
-        "records.",
+        "record's fingerprint, and the first epochs of one seed of each run "
+        "re-trained), or train them again and record them anew (rebuild). Chapter 13 "
+        "explains the records.",
     )
     runs_cmd.add_argument("action", choices=("check", "rebuild"))
     runs_cmd.add_argument(

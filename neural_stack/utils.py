@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -20,7 +21,7 @@ with warnings.catch_warnings():
     from fvcore.nn.jit_handles import get_shape
 
 # %% auto #0
-__all__ = ['sdpa_flop_jit', 'sdpa_activation_jit', 'ModelSummary', 'model_summary']
+__all__ = ['sdpa_flop_jit', 'sdpa_activation_jit', 'ModelSummary', 'model_summary', 'saved_bytes']
 
 # %% ../nbs/05_model_analysis.ipynb #30ca0eda
 _SDPA = "aten::scaled_dot_product_attention"
@@ -117,3 +118,22 @@ def model_summary(
         f"fused attention included;\ntotal {num_flops:,}\nnot counted: {skipped}"
     )
     return ModelSummary(num_params, num_flops, num_activations, table)
+
+# %% ../nbs/05_model_analysis.ipynb #b53e94cb
+def saved_bytes(model: Callable[..., Tensor], images: Tensor, **kwargs) -> int:
+    """Bytes of the tensors autograd saves for the backward pass of `model` (a module or
+    any function) called on `images` and `kwargs`, each storage counted once, the
+    module's parameters left out."""
+    weights = model.parameters() if isinstance(model, nn.Module) else ()
+    params = {p.untyped_storage().data_ptr() for p in weights}
+    kept = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images, **kwargs)
+    return sum(kept.values())

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['ScaledDotProductAttention', 'MultiHeadAttention', 'to_torch_mha', 'from_torch_mha', 'PatchEmbedding',
-           'PositionalEmbedding', 'ViTConfig', 'VisionTransformer', 'from_torchvision', 'from_timm']
+           'PositionalEmbedding', 'ViTConfig', 'VisionTransformer', 'from_torchvision', 'from_timm', 'SwinTransformer',
+           'swin_from_timm']
 
 # %% ../../nbs/index.ipynb #0353c4f5
 from neural_stack.models.attention import (
@@ -15,6 +16,7 @@ from neural_stack.models.attention import (
 )
 from .patch_embedding import PatchEmbedding
 from .positional_embedding import PositionalEmbedding
+from .swin import SwinTransformer, swin_from_timm
 from neural_stack.models.vision_transformer import (
     ViTConfig,
     VisionTransformer,
@@ -33,4 +35,6 @@ _all_ = [
     "VisionTransformer",
     "from_torchvision",
     "from_timm",
+    "SwinTransformer",
+    "swin_from_timm",
 ]
