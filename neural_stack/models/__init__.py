@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ScaledDotProductAttention', 'MultiHeadAttention', 'to_torch_mha', 'from_torch_mha', 'PatchEmbedding',
            'PositionalEmbedding', 'ViTConfig', 'VisionTransformer', 'from_torchvision', 'from_timm', 'SwinTransformer',
-           'swin_from_timm']
+           'swin_from_timm', 'MaskedAutoencoder']
 
 # %% ../../nbs/index.ipynb #0353c4f5
 from neural_stack.models.attention import (
@@ -15,6 +15,7 @@ from neural_stack.models.attention import (
     to_torch_mha,
 )
 from .patch_embedding import PatchEmbedding
+from .mae import MaskedAutoencoder
 from .positional_embedding import PositionalEmbedding
 from .swin import SwinTransformer, swin_from_timm
 from neural_stack.models.vision_transformer import (
@@ -37,4 +38,5 @@ _all_ = [
     "from_timm",
     "SwinTransformer",
     "swin_from_timm",
+    "MaskedAutoencoder",
 ]
