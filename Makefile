@@ -115,6 +115,8 @@ bench: venv
 	$(BIN)/python bench/vit.py
 	$(BIN)/python bench/trainer.py
 	$(BIN)/python bench/epoch_profile.py
+	$(BIN)/python bench/threads.py
+	$(BIN)/python bench/compile.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
