@@ -4,30 +4,41 @@ matches its notebooks."""
 import subprocess
 import sys
 import zipfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--quiet",
-            "--wheel-dir",
-            str(out),
-            str(ROOT),
-        ],
-        check=True,
-    )
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory, worker_id) -> Path:
+    # pip builds in the source tree (build/, *.egg-info), so two builds at once, one per
+    # pytest-xdist worker, collide. Workers share their base folder's parent: the first
+    # one there builds the wheel, the others wait on the lock and take it.
+    if worker_id == "master":  # no xdist: this run's own folder
+        out, lock = tmp_path_factory.mktemp("wheel"), nullcontext()
+    else:
+        shared = tmp_path_factory.getbasetemp().parent
+        out, lock = shared / "wheel", FileLock(str(shared / "wheel.lock"))
+    with lock:
+        if not list(out.glob("neural_stack-*.whl")):
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "--no-deps",
+                    "--quiet",
+                    "--wheel-dir",
+                    str(out),
+                    str(ROOT),
+                ],
+                check=True,
+            )
     (whl,) = out.glob("neural_stack-*.whl")
     return whl
 
