@@ -108,10 +108,10 @@ class ModelConfig(ViTConfig):
     depth, rising from 0 in the first block to this rate in the last) are rates in
     [0, 1). `positional_embedding` is a kind of `PositionalEmbedding` ("learned-1d",
     "learned-2d", "sincos-2d" or "none"), `use_cls_token` pools through a class token
-    (False: the mean of the patch tokens), and `distillation_token` adds DeiT's second
-    token and head. "cnn" and "resnet18" read only some of these (`build_cnn`,
-    `build_resnet18`); a library's ViT writes its own architecture into them
-    (`resolve_model`)."""
+    (False: the mean of the patch tokens), `distillation_token` adds DeiT's second token
+    and head, and `reg_tokens` that many learned register tokens, which no head reads.
+    "cnn" and "resnet18" read only some of these (`build_cnn`, `build_resnet18`); a
+    library's ViT writes its own architecture into them (`resolve_model`)."""
 
     img_size: int | tuple[int, int] = (
         32  # [h, w] is read as h when h == w: square images
@@ -683,6 +683,7 @@ def _check_vit(config: ModelConfig) -> None:
             "in_channels": 3,
             "drop_path": 0.0,
             "distillation_token": False,
+            "reg_tokens": 0,
         }
         for field, value in fixed.items():
             if getattr(config, field) != value:
@@ -725,6 +726,8 @@ def build_vit(config: ModelConfig) -> VisionTransformer:
                 num_heads=c.num_heads,
                 mlp_ratio=c.mlp_ratio,
                 class_token=c.use_cls_token,
+                reg_tokens=c.reg_tokens,
+                no_embed_class=c.reg_tokens > 0,  # registers have no position
                 global_pool="token" if c.use_cls_token else "avg",
                 pos_embed="learn" if c.positional_embedding == "learned-1d" else "none",
                 pos_drop_rate=c.dropout,
