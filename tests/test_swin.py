@@ -153,3 +153,9 @@ def test_a_swin_run_is_fingerprinted_by_its_own_modules():
         SwinTransformer(**CONFIGS["window 4, two stages"])
     )
     assert f"{package}.swin" in modules and f"{package}.vision_transformer" in modules
+
+
+def test_a_swin_builds_on_the_meta_device_for_counting():
+    with torch.device("meta"):
+        model = SwinTransformer()  # Swin-T
+    assert sum(p.numel() for p in model.parameters()) == 28_288_354

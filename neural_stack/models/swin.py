@@ -261,7 +261,9 @@ class SwinTransformer(nn.Module):
         check_int("num_classes", num_classes, minimum=0)
         self.patch_embed = PatchEmbedding(img_size, patch_size, in_channels, embed_dim)
         self.patch_norm = nn.LayerNorm(embed_dim)
-        rates = torch.linspace(0, drop_path, sum(depths)).split(list(depths))
+        # on the CPU even under torch.device("meta"), where a count builds the model
+        rates = torch.linspace(0, drop_path, sum(depths), device="cpu")
+        rates = rates.split(list(depths))
         self.layers = nn.Sequential(
             *(
                 SwinStage(
