@@ -428,3 +428,27 @@ def test_parameter_limit_raises_the_limit_in_its_block_only():
     with pytest.raises(ValueError, match=r"limit=0; expected a positive integer"):
         with parameter_limit(0):
             pass
+
+
+def test_a_swin_builds_from_the_model_section_and_its_fields_are_checked():
+    from neural_stack.models import SwinTransformer
+
+    section = dict(
+        name="swin", img_size=28, in_channels=1, patch_size=2, embed_dim=24,
+        num_heads=2, depths=(2, 2), window_size=7, mlp_ratio=2.0,
+    )  # fmt: skip
+    model = build_model(ModelConfig(**section))
+    assert isinstance(model, SwinTransformer)
+    assert [s.blocks[0].attn.num_heads for s in model.layers] == [2, 4]
+    groups = parameter_groups(model, 0.05)
+    exempt = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    table = model.layers[0].blocks[0].attn.relative_position_bias_table
+    assert id(table) in exempt
+    for field, value, named in (
+        ("window_size", 5, "window_size"),
+        ("depths", (2, 0), "depths"),
+        ("depths", (2, 2, 2), r"img_size / patch_size"),  # 14 halves once only
+        ("num_heads", 0, "num_heads"),
+    ):
+        with pytest.raises(ArgumentError, match=f"^{named}="):
+            ModelConfig(**{**section, field: value}).validate()

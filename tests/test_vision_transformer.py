@@ -451,8 +451,10 @@ def test_from_timm_keeps_training_mode():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(reg_tokens=2), r"reg_tokens=2 \(register tokens\) is not supported"),
-        (dict(no_embed_class=True), r"no_embed_class=True is not supported"),
+        (
+            dict(reg_tokens=2),
+            r"reg_tokens=2 with positional rows \(no_embed_class=False\) is not",
+        ),
         (dict(dynamic_img_size=True), r"dynamic_img_size=True is not supported"),
         (
             dict(init_values=1e-5),
@@ -684,3 +686,59 @@ def test_distillation_token_refusals():
         tiny(distillation_token="yes")
     with pytest.raises(ValueError, match="separate_heads=True needs distillation"):
         tiny()(torch.randn(1, 3, 16, 16), separate_heads=True)
+
+
+REGISTERS = dict(img_size=16, patch_size=4, depth=2, num_heads=2, embed_dim=16)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(reg_tokens=4, class_token=False, global_pool="avg", no_embed_class=True),
+        dict(reg_tokens=1, no_embed_class=True),
+        dict(no_embed_class=True),  # a class token without a position
+    ],
+)
+def test_from_timm_ports_register_tokens(kwargs):
+    torch.manual_seed(0)
+    ref = TimmViT(**REGISTERS, num_classes=3, **kwargs).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ours = from_timm(ref)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() < 1e-5
+        assert ours.num_prefix_tokens == ref.num_prefix_tokens
+        if ours.reg_token is not None:  # (a constant shift would vanish in the norm)
+            ours.reg_token.add_(torch.randn_like(ours.reg_token))
+        moved = (ours(x) - ref(x)).abs().max()
+    assert (moved > 1e-3) == (ref.num_reg_tokens > 0)  # the registers are read
+
+
+def test_from_timm_ports_a_published_register_architecture():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import timm
+    ref = timm.create_model("vit_base_patch16_reg4_gap_256").eval()
+    ours = from_timm(ref)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() < 1e-4
+    assert ours.reg_token.shape == (1, 4, 768) and ours.cls_token is None
+
+
+def test_registers_sit_after_the_other_prefix_tokens_and_are_not_pooled():
+    torch.manual_seed(0)
+    small = {k: v for k, v in TINY.items() if k != "num_classes"}
+    vit = VisionTransformer(**small, reg_tokens=3, use_cls_token=False).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)
+        pooled = vit.forward_head(tokens, pre_logits=True)
+    assert tokens.shape[1] == 3 + 16 and vit.num_prefix_tokens == 3
+    assert torch.allclose(pooled, vit.fc_norm(tokens[:, 3:].mean(dim=1)))
+    deit = VisionTransformer(**small, reg_tokens=2, distillation_token=True)
+    assert deit.num_prefix_tokens == 4
+    with pytest.raises(ArgumentError, match="^reg_tokens="):
+        VisionTransformer(reg_tokens=-1)

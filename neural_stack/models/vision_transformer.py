@@ -104,6 +104,7 @@ class ViTConfig:
     positional_embedding: str = "learned-1d"  # a key of PositionalEmbedding.kinds
     use_cls_token: bool = True  # a class token to classify; False: mean pooling
     distillation_token: bool = False  # DeiT's second token and head (chapter 14)
+    reg_tokens: int = 0  # learned register tokens after those two: no position, no head
 
     def __post_init__(self):
         self.validate()
@@ -124,6 +125,7 @@ class ViTConfig:
         MultiHeadAttention.check_arguments(self.embed_dim, self.num_heads)
         check_int("num_layers", self.num_layers)
         check_int("num_classes", self.num_classes, minimum=0)
+        check_int("reg_tokens", self.reg_tokens, minimum=0)
         if int(self.embed_dim * check_number("mlp_ratio", self.mlp_ratio, above=0)) < 1:
             raise ArgumentError(
                 "mlp_ratio", self.mlp_ratio, f"at least 1 / embed_dim={self.embed_dim}"
@@ -154,7 +156,8 @@ class VisionTransformer(nn.Module):
     the blocks from 0 to `drop_path`. `positional_embedding` is a kind of
     `PositionalEmbedding.kinds`; `use_cls_token` classifies from a class token (False:
     mean pooling); `distillation_token` adds DeiT's second token and head (needs the
-    class token)."""
+    class token); `reg_tokens` adds that many register tokens, which attention reads
+    and writes like the others but pooling and the heads leave out."""
 
     def __init__(
         self,
@@ -172,6 +175,7 @@ class VisionTransformer(nn.Module):
         positional_embedding: str = "learned-1d",
         use_cls_token: bool = True,
         distillation_token: bool = False,
+        reg_tokens: int = 0,
     ):
         super().__init__()
         self.config = ViTConfig(
@@ -189,6 +193,7 @@ class VisionTransformer(nn.Module):
             positional_embedding,
             use_cls_token,
             distillation_token,
+            reg_tokens,
         )
         self.patch_size, self.embed_dim, self.num_classes = (
             patch_size,
@@ -229,6 +234,16 @@ class VisionTransformer(nn.Module):
             self.head_dist = (
                 nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
             )
+        # Registers (Darcet et al., 2024): learned tokens that no head reads and no
+        # position marks, after the class and distillation tokens.
+        self.reg_token = None
+        if reg_tokens:
+            self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim))
+            nn.init.trunc_normal_(self.reg_token, std=0.02)
+        # the tokens before the patches
+        self.num_prefix_tokens = (
+            int(use_cls_token) + int(distillation_token) + reg_tokens
+        )
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -259,6 +274,10 @@ class VisionTransformer(nn.Module):
         if self.dist_token is not None:  # after the class token
             dist = self.dist_token.expand(x.shape[0], -1, -1)
             x = torch.cat([x[:, :1], dist, x[:, 1:]], dim=1)
+        if self.reg_token is not None:  # after the class and distillation tokens
+            start = self.num_prefix_tokens - self.reg_token.shape[1]
+            registers = self.reg_token.expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :start], registers, x[:, start:]], dim=1)
         x = self.pos_drop(x)
         attentions = []
         for block in self.blocks:
@@ -283,7 +302,9 @@ class VisionTransformer(nn.Module):
         if separate_heads:
             raise ValueError("separate_heads=True needs distillation_token=True")
         x = self.fc_norm(
-            tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1)
+            tokens[:, 0]
+            if self.cls_token is not None
+            else tokens[:, self.num_prefix_tokens :].mean(dim=1)
         )
         return x if pre_logits else self.head(x)
 
@@ -445,7 +466,8 @@ def from_timm(model: nn.Module) -> VisionTransformer:
     """A `VisionTransformer` with the configuration and weights of `model`, a timm
     `VisionTransformer` (class token or `global_pool='avg'`) or DeiT's
     `VisionTransformerDistilled`, on its device and dtype, in its mode. Needs timm; a
-    `ValueError` lists what cannot be ported (register tokens, layer scale, ...)."""
+    `ValueError` lists what cannot be ported (layer scale, registers with positions,
+    ...)."""
     try:
         from timm.layers import Attention, DropPath, Mlp, PatchEmbed
         from timm.models.deit import VisionTransformerDistilled
@@ -489,15 +511,10 @@ def from_timm(model: nn.Module) -> VisionTransformer:
             "dynamic_img_size=True is not supported "
             "(run ours on other sizes instead: it resamples positions itself)"
         )
-    if model.num_reg_tokens:
+    if model.num_reg_tokens and not model.no_embed_class:
         problems.append(
-            f"reg_tokens={model.num_reg_tokens} (register tokens) is not supported; "
-            "expected 0"
-        )
-    if cls and model.no_embed_class:
-        problems.append(
-            "no_embed_class=True is not supported; "
-            "expected the class token to have a positional row"
+            f"reg_tokens={model.num_reg_tokens} with positional rows "
+            "(no_embed_class=False) is not supported; registers have no position"
         )
     if not isinstance(model.norm_pre, nn.Identity):
         problems.append("pre_norm=True is not supported")
@@ -606,6 +623,7 @@ def from_timm(model: nn.Module) -> VisionTransformer:
         positional_embedding="none" if model.pos_embed is None else "learned-1d",
         use_cls_token=cls,
         distillation_token=distilled,
+        reg_tokens=model.num_reg_tokens,
     )
     ours_rates = [b.drop_path.p for b in vit.blocks]
     if (
@@ -624,13 +642,18 @@ def from_timm(model: nn.Module) -> VisionTransformer:
             "norm.bias",
             "fc_norm.weight",
             "fc_norm.bias",
-        ) or k.startswith(("blocks.", "patch_embed.", "head.", "head_dist.", "cls_")):
+        ) or k.startswith(
+            ("blocks.", "patch_embed.", "head.", "head_dist.", "cls_", "reg_")
+        ):
             for old, new in rename.items():
                 k = k.replace(old, new)
             state[k] = v
         elif k == "pos_embed" and distilled:  # the distillation token's row moves
             state["pos_embed.weight"] = torch.cat([v[:, :1], v[:, 2:]], dim=1)
             state["dist_token"] = model.dist_token.detach() + v[:, 1:2]
+        elif k == "pos_embed" and cls and model.no_embed_class:
+            # timm's class token has no position: ours gets a row of zeros
+            state["pos_embed.weight"] = torch.cat([torch.zeros_like(v[:, :1]), v], 1)
         elif k == "pos_embed":
             state["pos_embed.weight"] = v
         elif k == "dist_token":

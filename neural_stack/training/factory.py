@@ -31,6 +31,7 @@ from torch.optim.lr_scheduler import (
 )
 
 from neural_stack.models import (
+    SwinTransformer,
     ViTConfig,
     VisionTransformer,
     from_timm,
@@ -53,8 +54,8 @@ __all__ = ['MODELS', 'FREEZE_OPTIONS', 'LIBRARIES', 'ARCHITECTURE_FIELDS', 'WEIG
            'model_names', 'PretrainedWeightsWarning', 'build_model_and_report', 'build_model', 'weights_file',
            'WeightsReport', 'load_weights', 'ModelTooLargeError', 'count_parameters', 'check_model_size',
            'parameter_limit', 'build_vit', 'pretrained_name', 'pretrained_stats', 'PretrainedWeightsError',
-           'build_resnet18', 'build_cnn', 'parameter_groups', 'OptimizerConfig', 'build_optimizer', 'SchedulerConfig',
-           'build_scheduler', 'build_criterion']
+           'build_resnet18', 'build_cnn', 'build_swin', 'parameter_groups', 'OptimizerConfig', 'build_optimizer',
+           'SchedulerConfig', 'build_scheduler', 'build_criterion']
 
 # %% ../../nbs/08_training_factory.ipynb #02205bb5
 @dataclass(frozen=True)
@@ -108,10 +109,11 @@ class ModelConfig(ViTConfig):
     depth, rising from 0 in the first block to this rate in the last) are rates in
     [0, 1). `positional_embedding` is a kind of `PositionalEmbedding` ("learned-1d",
     "learned-2d", "sincos-2d" or "none"), `use_cls_token` pools through a class token
-    (False: the mean of the patch tokens), and `distillation_token` adds DeiT's second
-    token and head. "cnn" and "resnet18" read only some of these (`build_cnn`,
-    `build_resnet18`); a library's ViT writes its own architecture into them
-    (`resolve_model`)."""
+    (False: the mean of the patch tokens), `distillation_token` adds DeiT's second token
+    and head, and `reg_tokens` that many learned register tokens, which no head reads.
+    "cnn", "resnet18" and "swin" read only some of these (`build_cnn`,
+    `build_resnet18`, `build_swin`, which also reads `depths` and `window_size`); a
+    library's ViT writes its own architecture into them (`resolve_model`)."""
 
     img_size: int | tuple[int, int] = (
         32  # [h, w] is read as h when h == w: square images
@@ -123,6 +125,8 @@ class ModelConfig(ViTConfig):
     pretrained: bool = False
     init_from: str | None = None  # a checkpoint, state dict or run folder to start from
     freeze: str = "none"  # "backbone": train only a ViT's final norm and head
+    depths: tuple[int, ...] = (2, 2, 6, 2)  # "swin": blocks of each stage
+    window_size: int = 7  # "swin": side of its attention windows, in patches
 
     def validate(self) -> ModelConfig:
         """Raise an `ArgumentError` naming the first field that cannot build the model:
@@ -683,6 +687,7 @@ def _check_vit(config: ModelConfig) -> None:
             "in_channels": 3,
             "drop_path": 0.0,
             "distillation_token": False,
+            "reg_tokens": 0,
         }
         for field, value in fixed.items():
             if getattr(config, field) != value:
@@ -725,6 +730,8 @@ def build_vit(config: ModelConfig) -> VisionTransformer:
                 num_heads=c.num_heads,
                 mlp_ratio=c.mlp_ratio,
                 class_token=c.use_cls_token,
+                reg_tokens=c.reg_tokens,
+                no_embed_class=c.reg_tokens > 0,  # registers have no position
                 global_pool="token" if c.use_cls_token else "avg",
                 pos_embed="learn" if c.positional_embedding == "learned-1d" else "none",
                 pos_drop_rate=c.dropout,
@@ -940,6 +947,45 @@ def build_cnn(config: ModelConfig) -> nn.Module:
         nn.Linear(channels, config.num_classes),
     )
 
+# %% ../../nbs/08_training_factory.ipynb #1ffa84f1
+def _swin_arguments(config: ModelConfig) -> dict:
+    "`SwinTransformer`'s arguments from the `model` section."
+    depths = tuple(config.depths)
+    return {
+        "img_size": config.img_size,
+        "patch_size": config.patch_size,
+        "in_channels": config.in_channels,
+        "num_classes": config.num_classes,
+        "embed_dim": config.embed_dim,
+        "depths": depths,
+        "num_heads": tuple(config.num_heads * 2**i for i in range(len(depths))),
+        "window_size": config.window_size,
+        "mlp_ratio": config.mlp_ratio,
+        "dropout": config.dropout,
+        "attention_dropout": config.attention_dropout,
+        "drop_path": config.drop_path,
+    }
+
+
+def _check_swin(config: ModelConfig) -> None:
+    check_int("num_heads", config.num_heads)
+    check_int("in_channels", config.in_channels)
+    check_number("mlp_ratio", config.mlp_ratio, above=0)
+    for name in ("dropout", "attention_dropout"):
+        check_probability(name, getattr(config, name))
+    arguments = _swin_arguments(config)
+    SwinTransformer.check_arguments(
+        *(arguments[k] for k in ("img_size", "patch_size", "embed_dim", "depths")),
+        *(arguments[k] for k in ("num_heads", "window_size", "drop_path")),
+    )
+
+
+@register_model("swin", check=_check_swin)
+def build_swin(config: ModelConfig) -> SwinTransformer:
+    """Chapter 15's `SwinTransformer` from the `model` section: `embed_dim` and
+    `num_heads` for the first stage, doubled at each of the stages `depths` lists."""
+    return SwinTransformer(**_swin_arguments(config))
+
 # %% ../../nbs/08_training_factory.ipynb #d3b576c4
 _NO_DECAY_MODULES = (
     nn.LayerNorm,
@@ -954,7 +1000,8 @@ def parameter_groups(
     model: nn.Module, weight_decay: float, layer_decay: float = 1.0
 ) -> list[dict]:
     """`model`'s trainable parameters in optimiser groups, with `weight_decay` and
-    without (biases, tokens, norms and embeddings). With `layer_decay` below 1 (a
+    without (biases, tokens, norms, embeddings and Swin's relative position bias
+    tables, as timm exempts them). With `layer_decay` below 1 (a
     `VisionTransformer` only) also by depth, each group with an `lr_scale` of
     layer_decay ** (its distance from the head), as BEiT fine-tunes."""
     if layer_decay != 1 and not isinstance(model, VisionTransformer):
@@ -968,7 +1015,7 @@ def parameter_groups(
             if not p.requires_grad:
                 continue
             exempt = isinstance(module, _NO_DECAY_MODULES) or name.endswith(
-                ("bias", "token")
+                ("bias", "token", "relative_position_bias_table")
             )
             depth = model.parameter_depth(name) if top else 0
             if (depth, exempt) not in groups:
