@@ -10,7 +10,7 @@ EXTRAS ?= dev,book,timm
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv export sync-check pytest nbval nbval-portable check-runs runs test bench clean book book-test exercises
+.PHONY: venv export sync-check pytest nbval nbval-portable check-runs runs rekey test bench clean book book-test exercises
 
 venv: $(STAMP)
 
@@ -104,6 +104,11 @@ check-runs: venv
 
 runs: venv
 	$(BIN)/neural-stack runs rebuild $(RUN)
+
+# After a change to fingerprinted code that should change no result: rebuild one seed of each stale run and,
+# where it comes out bit for bit unchanged, give the run's other seeds the current fingerprint (chapter 13).
+rekey: venv
+	$(BIN)/neural-stack runs rekey $(RUN)
 
 # Every step, timed: the slowest are listed at the end (tools/steps.py; STEPS_REPORT=FILE keeps them as JSON).
 STEPS := venv sync-check check-runs pytest nbval nbval-portable book-test

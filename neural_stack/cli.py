@@ -160,13 +160,14 @@ def _add_runs(commands: argparse._SubParsersAction) -> None:
     "The `runs` command, which chapter 13 implements."
     runs_cmd = commands.add_parser(
         "runs",
-        help="check the recorded runs against the code, or rebuild them",
+        help="check the recorded runs against the code, rebuild or rekey them",
         description="Check the recorded runs in runs/ against the code (check: every "
         "record's fingerprint, and the first epochs of one seed of each run "
-        "re-trained), or train them again and record them anew (rebuild). Chapter 13 "
-        "explains the records.",
+        "re-trained), train them again and record them anew (rebuild), or rebuild "
+        "one seed of each stale run and, where it comes out unchanged, give its "
+        "other seeds the current fingerprint (rekey). Chapter 13 explains the records.",
     )
-    runs_cmd.add_argument("action", choices=("check", "rebuild"))
+    runs_cmd.add_argument("action", choices=("check", "rebuild", "rekey"))
     runs_cmd.add_argument(
         "names",
         nargs="*",

@@ -684,11 +684,14 @@ def _without_seconds(history: list[dict]) -> list[dict]:
 
 
 def _differences(recorded: list[dict], trained: list[dict]) -> dict[str, float]:
-    "The largest difference of each `TOLERANCE` metric over the epochs both have."
-    worst = dict.fromkeys(TOLERANCE, 0.0)
+    """The largest difference of each `TOLERANCE` metric that the record has (a
+    pre-training run has no accuracy) over the epochs both have; infinite where the
+    re-trained run lacks it."""
+    keys = [key for key in TOLERANCE if recorded and key in recorded[0]]
+    worst = dict.fromkeys(keys, 0.0)
     for old, new in zip(recorded, trained):
-        for key in TOLERANCE:
-            gap = abs(new[key] - old[key])
+        for key in keys:
+            gap = abs(new.get(key, float("inf")) - old[key])
             worst[key] = max(
                 worst[key], gap if key.endswith("accuracy") else gap / abs(old[key])
             )
@@ -700,17 +703,24 @@ def sample(self: RunRecords) -> list[str]:
     """One record of each run that the records hold at several seeds (the first by
     name), and every record that is alone: what `check` re-trains by default. Records
     that differ only in their seed train the same code with other random numbers."""
-    chosen = {}
-    for name in self.names():
+    return sorted(group[0] for group in self.runs(self.names()))
+
+
+@patch
+def runs(self: RunRecords, names: Sequence[str]) -> list[list[str]]:
+    """`names` by run: the records that differ only in their seed (settings and
+    trainer alike) together, in order of name; a record that cannot be read alone."""
+    groups = {}
+    for name in sorted(names):
         try:
             record, config, _ = self._read(name)
         except RecordError:
-            chosen[name] = name  # `check` reports it
+            groups[name] = [name]  # `check` reports it
             continue
         settings = {k: v for k, v in run_settings(config).items() if k != "seed"}
         key = json.dumps([settings, record["trainer"]], sort_keys=True)
-        chosen.setdefault(key, name)
-    return sorted(chosen.values())
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
 
 # %% ../nbs/13_experiments.ipynb #1990026e
 @patch
@@ -800,6 +810,53 @@ def rebuild(self: RunRecords, names: Sequence[str] | None = None) -> dict[str, b
         print(f"{name}: {'unchanged' if same else 'changed'} ({run.seconds:.0f} s)")
     return unchanged
 
+# %% ../nbs/13_experiments.ipynb #8b53ee76
+@patch
+def rekey(self: RunRecords, names: Sequence[str] | None = None) -> dict[str, str]:
+    """Bring the records `names` (default: all) to the current code's fingerprint:
+    `rebuild` the first seed of each run (see `runs`) that has a stale one; where it
+    comes out unchanged, the run's other seeds take its fingerprint, keeping the one
+    they were trained with and the seed that vouched for them under "rekeyed"; where
+    it changed, they are rebuilt too. Returns each stale record's fate: "unchanged",
+    "changed" or "rekeyed"."""
+    todo = self.names() if names is None else list(names)
+    stale = [run for run in self.runs(todo) if any(map(self._stale, run))]
+    first = self.rebuild([run[0] for run in stale])
+    fate = {name: "unchanged" if same else "changed" for name, same in first.items()}
+    again = [name for run in stale if not first[run[0]] for name in run[1:]]
+    fate |= {k: "unchanged" if v else "changed" for k, v in self.rebuild(again).items()}
+    for run in stale:
+        if not first[run[0]]:
+            continue
+        fingerprint = json.loads((self.folder(run[0]) / "record.json").read_text())[
+            "fingerprint"
+        ]
+        for name in run[1:]:
+            path = self.folder(name) / "record.json"
+            record = json.loads(path.read_text())
+            if record["fingerprint"] == fingerprint:
+                continue
+            trained = record.get("rekeyed", {}).get(
+                "fingerprint", record["fingerprint"]
+            )
+            record["fingerprint"] = fingerprint
+            record["rekeyed"] = {"by": run[0], "fingerprint": trained}
+            path.write_text(json.dumps(record, indent=2) + "\n")
+            fate[name] = "rekeyed"
+            print(f"{name}: rekeyed, as {run[0]} came out unchanged")
+    return fate
+
+
+@patch
+def _stale(self: RunRecords, name: str) -> bool:
+    "Whether the record `name` carries another fingerprint than the current code's."
+    fingerprint = self._read(name)[0]["fingerprint"]
+    models = tuple(p for p in fingerprint if p.startswith(f"{MODELS_PACKAGE}."))
+    try:
+        return fingerprint != code_fingerprint(FINGERPRINTED + models)
+    except (ImportError, AttributeError):  # a part that is gone
+        return True
+
 # %% ../nbs/13_experiments.ipynb #ab267224
 @patch
 def select(self: RunRecords, names: Sequence[str]) -> list[str]:
@@ -815,8 +872,9 @@ def select(self: RunRecords, names: Sequence[str]) -> list[str]:
 
 # %% ../nbs/13_experiments.ipynb #e2071d43
 def runs_command(args: argparse.Namespace) -> int:
-    """`neural-stack runs check|rebuild [NAME ...]` (`args` as `build_parser` parses
-    them): exit status 0, 1 where a record fails its check, 2 for a usage error."""
+    """`neural-stack runs check|rebuild|rekey [NAME ...]` (`args` as `build_parser`
+    parses them): exit status 0, 1 where a record fails its check, 2 for a usage
+    error."""
     records = RunRecords(args.root)
     start = time.perf_counter()
     try:
@@ -824,7 +882,7 @@ def runs_command(args: argparse.Namespace) -> int:
             raise RecordError(f"no records in {records.root}")
         if args.names:
             names = records.select(args.names)
-        elif args.action == "rebuild" or args.all:
+        elif args.action != "check" or args.all:
             names = records.names()
         else:
             names = records.sample()
@@ -832,6 +890,14 @@ def runs_command(args: argparse.Namespace) -> int:
             unchanged = records.rebuild(names)
             changed = len(unchanged) - sum(unchanged.values())
             print(f"{len(unchanged)} records rebuilt, {changed} changed: commit runs/")
+            return 0
+        if args.action == "rekey":
+            fate = list(records.rekey(names).values())
+            counts = ", ".join(f"{fate.count(f)} {f}" for f in ("unchanged", "changed"))
+            print(
+                f"{len(fate) - fate.count('rekeyed')} records rebuilt ({counts}), "
+                f"{fate.count('rekeyed')} rekeyed: commit runs/"
+            )
             return 0
         problems = records.check(names, epochs=args.epochs)
     except (RecordError, ArgumentError) as e:

@@ -270,6 +270,8 @@ def cases(draw, raw_yaml: bool = False) -> tuple[str, dict[str, object]]:
 
 TINY = {"img_size": 8, "in_channels": 1, "num_classes": 10, "patch_size": 4}
 TINY |= {"embed_dim": 8, "num_heads": 2, "num_layers": 1, "mlp_ratio": 2.0}
+# A Swin's default four stages need a grid of 8 x 8 patches or more: one stage here.
+OWN = {"swin": {"depths": [1], "window_size": 2}, "mae": {"decoder_dim": 8}}
 
 
 def base_dict(model: str, root: Path) -> dict:
@@ -280,7 +282,7 @@ def base_dict(model: str, root: Path) -> dict:
         "num_epochs": 1,
         "device": "cpu",
         "checkpoint_dir": str(root / "run" / "checkpoints"),
-        "model": {"name": model, **TINY},
+        "model": {"name": model, **TINY, **OWN.get(model, {})},
         "data": {
             "dataset": "digits",
             "data_dir": str(root / "data"),

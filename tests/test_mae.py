@@ -1,6 +1,8 @@
 """The masked autoencoder of chapter 16: its encoder is the ViT it wraps, on the visible
 patches only, with or without a class token; bad arguments name their field."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ def test_the_encoder_is_the_vit_on_the_visible_patches(use_cls_token):
         everything, mask, _ = mae.encode(images, mask_ratio=0.0)
         assert not mask.any()
         gap = (everything - vit.forward_features(images)).abs().max().item()
-        loss, pred, mask = mae(images, generator=torch.Generator().manual_seed(0))
+        loss, pred, mask = mae(images, torch.Generator().manual_seed(0)).values()
     assert gap < 1e-6
     assert pred.shape == (2, 16, 32) and mask.sum(dim=1).tolist() == [12, 12]
     assert torch.isfinite(loss)
@@ -57,6 +59,56 @@ def test_arguments_that_cannot_build_an_mae_name_their_field(kwargs, field):
 def test_only_a_vit_without_a_distillation_token_is_an_encoder():
     with pytest.raises(ArgumentError, match="^encoder="):
         MaskedAutoencoder(torch.nn.Linear(2, 2))
-    deit = VisionTransformer(**SMALL, num_layers=1, distillation_token=True)
-    with pytest.raises(ArgumentError, match="distillation token"):
-        MaskedAutoencoder(deit)
+    for extra in (dict(distillation_token=True), dict(reg_tokens=2)):
+        vit = VisionTransformer(**SMALL, num_layers=1, **extra)
+        with pytest.raises(ArgumentError, match="distillation token or registers"):
+            MaskedAutoencoder(vit)
+
+
+def test_the_factory_builds_an_mae_that_trains_and_hands_its_encoder_on(tmp_path):
+    from neural_stack.training import (
+        DataConfig,
+        ModelConfig,
+        TrainConfig,
+        build_model,
+        build_trainer,
+    )
+
+    model = ModelConfig(
+        name="mae", img_size=8, patch_size=2, in_channels=1, embed_dim=16, num_heads=2
+    )
+    model = replace(model, num_layers=1, decoder_dim=8, decoder_heads=2)
+    config = TrainConfig(
+        model=model, data=DataConfig(dataset="digits", batch_size=100), device="cpu"
+    )
+    trainer = build_trainer(config)
+    assert isinstance(trainer.model, MaskedAutoencoder)
+    assert isinstance(trainer.model.encoder.head, torch.nn.Identity)
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert id(trainer.model.mask_token) in optimized  # the decoder trains too
+    result = trainer.fit()
+    assert "val/accuracy" not in result["final"] and result["final"]["val/loss"] > 0
+
+    torch.save(trainer.model.state_dict(), tmp_path / "mae.pt")
+    vit_config = replace(model, name="vit", init_from=str(tmp_path / "mae.pt"))
+    vit = build_model(vit_config)
+    encoder = trainer.model.encoder.state_dict()
+    for key, value in vit.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(value, encoder[key]), key
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("decoder_dim", 10),  # not a multiple of decoder_heads=4
+        ("mask_ratio", 0.95),  # hides every one of 16 patches
+        ("reg_tokens", 2),
+        ("distillation_token", True),
+    ],
+)
+def test_an_mae_section_that_cannot_build_names_its_field(field, value):
+    from neural_stack.training import ModelConfig
+
+    with pytest.raises(ArgumentError, match=f"^{field}="):
+        ModelConfig(name="mae", img_size=16, patch_size=4, **{field: value}).validate()

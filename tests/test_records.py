@@ -441,3 +441,51 @@ def test_check_retrains_one_seed_of_each_run_unless_asked_for_all(tmp_path, caps
     assert "tiny/seed-1 re-trained" not in out
     assert main(["runs", "check", "--all", "--root", str(records.root)]) == 0
     assert "3 records checked, 3 of them re-trained" in capsys.readouterr().out
+
+
+def _age(records: RunRecords, name: str) -> dict:
+    "Give the record `name` the fingerprint of an older trainer; return that one."
+    path = records.folder(name) / "record.json"
+    record = json.loads(path.read_text())
+    record["fingerprint"]["neural_stack.training.trainer"] = "0" * 16
+    path.write_text(json.dumps(record))
+    return record["fingerprint"]
+
+
+def test_rekey_rebuilds_one_seed_and_rekeys_the_others_only_if_it_is_unchanged(
+    tmp_path, capsys
+):
+    records = RunRecords(tmp_path / "runs", write=True)
+    for seed in (0, 1, 2):
+        records.run(f"tiny/seed-{seed}", replace(ONE, seed=seed), verbose=False)
+    records.run("wide/seed-0", apply_overrides(ONE, ["model.embed_dim=32"]))
+    old = [_age(records, f"tiny/seed-{seed}") for seed in (0, 1, 2)]
+    assert records.check(names=[]) != []
+    fate = records.rekey()
+    assert fate == {
+        "tiny/seed-0": "unchanged",
+        "tiny/seed-1": "rekeyed",
+        "tiny/seed-2": "rekeyed",
+    }
+    assert records.check(names=[]) == []  # every fingerprint current
+    second = json.loads((records.folder("tiny/seed-1") / "record.json").read_text())
+    assert second["rekeyed"] == {"by": "tiny/seed-0", "fingerprint": old[1]}
+    assert records.rekey() == {}  # nothing stale: nothing trained
+
+    # A first seed that no longer reproduces its record: every seed is rebuilt.
+    for seed in (0, 1):
+        _age(records, f"tiny/seed-{seed}")
+    metrics = records.folder("tiny/seed-0") / "metrics.csv"
+    metrics.write_text(metrics.read_text().replace("0.", "0.9", 1))
+    assert records.rekey(["tiny/seed-0", "tiny/seed-1"]) == {
+        "tiny/seed-0": "changed",
+        "tiny/seed-1": "unchanged",
+    }
+    after = json.loads((records.folder("tiny/seed-1") / "record.json").read_text())
+    assert "rekeyed" not in after and records.check(names=[]) == []
+    capsys.readouterr()
+    assert main(["runs", "rekey", "--root", str(records.root)]) == 0
+    assert (
+        "0 records rebuilt (0 unchanged, 0 changed), 0 rekeyed"
+        in capsys.readouterr().out
+    )

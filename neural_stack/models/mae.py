@@ -55,7 +55,7 @@ def random_masking(
 # %% ../../nbs/16_masked_autoencoders.ipynb #8f4c06f8
 class MaskedAutoencoder(nn.Module):
     """A masked autoencoder (He et al., 2022) around `encoder`, a `VisionTransformer`
-    without a distillation token: the encoder sees only the patches `random_masking`
+    without a distillation token or registers: the encoder sees only the patches `random_masking`
     leaves visible (`mask_ratio` of them hidden); a light decoder of `decoder_layers`
     blocks of width `decoder_dim` with `decoder_heads` heads sees the encoded tokens
     and a shared learned mask token in every hidden place, all with fixed sine-cosine
@@ -73,11 +73,14 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: bool = True,
     ):
         super().__init__()
-        if not isinstance(encoder, VisionTransformer) or encoder.dist_token is not None:
+        extra = (getattr(encoder, name, None) for name in ("dist_token", "reg_token"))
+        if not isinstance(encoder, VisionTransformer) or any(
+            token is not None for token in extra
+        ):
             raise ArgumentError(
                 "encoder",
                 type(encoder).__name__,
-                "a VisionTransformer without a distillation token",
+                "a VisionTransformer without a distillation token or registers",
             )
         check_int("decoder_layers", decoder_layers)
         self.mask_ratio = check_number("mask_ratio", mask_ratio, at_least=0, below=1)
@@ -170,12 +173,13 @@ def target(self: MaskedAutoencoder, images: Tensor) -> Tensor:
 @patch
 def forward(
     self: MaskedAutoencoder, images: Tensor, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> dict[str, Tensor]:
     """One masked-autoencoding pass over `images` [B, C, H, W] (`generator` as in
-    `random_masking`): the loss (mean squared error over the hidden patches), the
-    predicted patches [B, N, P² C] and the mask [B, N]."""
+    `random_masking`), as a dict: the "loss" (mean squared error over the hidden
+    patches), the predicted patches "pred" [B, N, P² C] and the "mask" [B, N]. A model
+    that returns its loss this way trains in the `Trainer` as it is."""
     latent, mask, keep = self.encode(images, generator=generator)
     grid = self.grid(images)
     pred = self.decode(latent, keep, grid)
     per_patch = ((pred - self.target(images)) ** 2).mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum(), pred, mask
+    return {"loss": (per_patch * mask).sum() / mask.sum(), "pred": pred, "mask": mask}

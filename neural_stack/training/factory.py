@@ -31,6 +31,7 @@ from torch.optim.lr_scheduler import (
 )
 
 from neural_stack.models import (
+    MaskedAutoencoder,
     SwinTransformer,
     ViTConfig,
     VisionTransformer,
@@ -54,8 +55,8 @@ __all__ = ['MODELS', 'FREEZE_OPTIONS', 'LIBRARIES', 'ARCHITECTURE_FIELDS', 'WEIG
            'model_names', 'PretrainedWeightsWarning', 'build_model_and_report', 'build_model', 'weights_file',
            'WeightsReport', 'load_weights', 'ModelTooLargeError', 'count_parameters', 'check_model_size',
            'parameter_limit', 'build_vit', 'pretrained_name', 'pretrained_stats', 'PretrainedWeightsError',
-           'build_resnet18', 'build_cnn', 'build_swin', 'parameter_groups', 'OptimizerConfig', 'build_optimizer',
-           'SchedulerConfig', 'build_scheduler', 'build_criterion']
+           'build_resnet18', 'build_cnn', 'build_swin', 'build_mae', 'parameter_groups', 'OptimizerConfig',
+           'build_optimizer', 'SchedulerConfig', 'build_scheduler', 'build_criterion']
 
 # %% ../../nbs/08_training_factory.ipynb #02205bb5
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ class ModelConfig(ViTConfig):
     (False: the mean of the patch tokens), `distillation_token` adds DeiT's second token
     and head, and `reg_tokens` that many learned register tokens, which no head reads.
     "cnn", "resnet18" and "swin" read only some of these (`build_cnn`,
-    `build_resnet18`, `build_swin`, which also reads `depths` and `window_size`); a
-    library's ViT writes its own architecture into them (`resolve_model`)."""
+    `build_resnet18`, `build_swin`, which also reads `depths` and `window_size`);
+    "mae" reads them as its encoder's and adds its own (`build_mae`); a library's ViT
+    writes its own architecture into them (`resolve_model`)."""
 
     img_size: int | tuple[int, int] = (
         32  # [h, w] is read as h when h == w: square images
@@ -127,6 +129,11 @@ class ModelConfig(ViTConfig):
     freeze: str = "none"  # "backbone": train only a ViT's final norm and head
     depths: tuple[int, ...] = (2, 2, 6, 2)  # "swin": blocks of each stage
     window_size: int = 7  # "swin": side of its attention windows, in patches
+    mask_ratio: float = 0.75  # "mae": the share of patches the encoder never sees
+    decoder_dim: int = 64  # "mae": the decoder's width
+    decoder_layers: int = 2  # "mae": the decoder's blocks
+    decoder_heads: int = 4  # "mae": the decoder's attention heads
+    norm_pix_loss: bool = True  # "mae": predict each patch's normalised pixels
 
     def validate(self) -> ModelConfig:
         """Raise an `ArgumentError` naming the first field that cannot build the model:
@@ -539,10 +546,13 @@ def _read_state(file: Path) -> dict[str, Tensor]:
 def load_weights(model: nn.Module, path: str | Path) -> WeightsReport:
     """Load into `model` (in place) the weights that `path` (a file or run folder, see
     `weights_file`) holds. A `VisionTransformer`'s positional tables are resampled
-    when the grid differs; a head of another size stays as `model` drew it; every
+    when the grid differs; a head of another size stays as `model` drew it; a
+    `MaskedAutoencoder`'s weights give their encoder (the decoder is left behind); every
     other tensor must match, else an `ArgumentError` naming the first that does not."""
     file = weights_file(path)
     state = _read_state(file)
+    if "mask_token" in state and not isinstance(model, MaskedAutoencoder):
+        state = {k[8:]: v for k, v in state.items() if k.startswith("encoder.")}
     with file.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
     target = model.state_dict()
@@ -982,9 +992,49 @@ def _check_swin(config: ModelConfig) -> None:
 
 @register_model("swin", check=_check_swin)
 def build_swin(config: ModelConfig) -> SwinTransformer:
-    """Chapter 15's `SwinTransformer` from the `model` section: `embed_dim` and
-    `num_heads` for the first stage, doubled at each of the stages `depths` lists."""
+    """Chapter 15's `SwinTransformer` from `config`: `embed_dim` and `num_heads` for
+    the first stage, doubled at each of the stages `depths` lists."""
     return SwinTransformer(**_swin_arguments(config))
+
+# %% ../../nbs/08_training_factory.ipynb #149e16b9
+def _check_mae(config: ModelConfig) -> None:
+    ViTConfig.validate(config)
+    for field in ("distillation_token", "reg_tokens"):
+        if getattr(config, field):
+            raise ArgumentError(field, getattr(config, field), "off with name='mae'")
+    check_int("decoder_dim", config.decoder_dim)
+    check_int("decoder_layers", config.decoder_layers)
+    check_int("decoder_heads", config.decoder_heads)
+    if config.decoder_dim % config.decoder_heads:
+        raise ArgumentError(
+            "decoder_dim",
+            config.decoder_dim,
+            f"a multiple of decoder_heads ({config.decoder_heads})",
+        )
+    check_number("mask_ratio", config.mask_ratio, at_least=0, below=1)
+    patches = (config.img_size // config.patch_size) ** 2
+    if int(patches * (1 - config.mask_ratio)) < 1:
+        raise ArgumentError(
+            "mask_ratio",
+            config.mask_ratio,
+            f"a share that leaves at least one of the {patches} patches visible",
+        )
+    check_bool("norm_pix_loss", config.norm_pix_loss)
+
+
+@register_model("mae", check=_check_mae)
+def build_mae(config: ModelConfig) -> MaskedAutoencoder:
+    """Chapter 16's `MaskedAutoencoder` from `config`: its encoder is the ViT that the
+    ViT fields describe, without a head (`num_classes` is not read)."""
+    encoder = VisionTransformer.from_config(replace(config.vit_config(), num_classes=0))
+    return MaskedAutoencoder(
+        encoder,
+        decoder_dim=config.decoder_dim,
+        decoder_layers=config.decoder_layers,
+        decoder_heads=config.decoder_heads,
+        mask_ratio=config.mask_ratio,
+        norm_pix_loss=config.norm_pix_loss,
+    )
 
 # %% ../../nbs/08_training_factory.ipynb #d3b576c4
 _NO_DECAY_MODULES = (

@@ -610,7 +610,11 @@ def forward(self: Trainer, inputs: Any) -> Any:
 
 @patch
 def compute_loss(self: Trainer, outputs: Any, targets: Tensor) -> Tensor:
-    "The `criterion`'s loss of `outputs` against `targets`, averaged over the batch."
+    """The `criterion`'s loss of `outputs` against `targets`, averaged over the batch;
+    the model's own where its outputs are a dict with a "loss" (a model that scores
+    itself, as `MaskedAutoencoder` does, ignoring the targets)."""
+    if isinstance(outputs, dict) and "loss" in outputs:
+        return outputs["loss"]
     return self.criterion(outputs, targets)
 
 # %% ../../nbs/10_training_trainer.ipynb #b1c2d3e4
