@@ -79,7 +79,10 @@ def test_the_factory_builds_an_mae_that_trains_and_hands_its_encoder_on(tmp_path
     )
     model = replace(model, num_layers=1, decoder_dim=8, decoder_heads=2)
     config = TrainConfig(
-        model=model, data=DataConfig(dataset="digits", batch_size=100), device="cpu"
+        model=model,
+        data=DataConfig(dataset="digits", batch_size=100),
+        device="cpu",
+        monitor="val/loss",
     )
     trainer = build_trainer(config)
     assert isinstance(trainer.model, MaskedAutoencoder)
@@ -112,3 +115,12 @@ def test_an_mae_section_that_cannot_build_names_its_field(field, value):
 
     with pytest.raises(ArgumentError, match=f"^{field}="):
         ModelConfig(name="mae", img_size=16, patch_size=4, **{field: value}).validate()
+
+
+def test_a_config_that_monitors_an_accuracy_of_an_mae_is_refused():
+    from neural_stack.training import ConfigError, ModelConfig, TrainConfig
+
+    mae = ModelConfig(name="mae", img_size=8, patch_size=2, in_channels=1)
+    with pytest.raises(ConfigError, match="^monitor='val/accuracy'; expected a loss"):
+        TrainConfig(model=mae)
+    assert TrainConfig(model=mae, monitor="val/loss").monitor == "val/loss"

@@ -251,6 +251,13 @@ def _validate_whole(self: TrainConfig) -> None:
             self.optimizer.layer_decay,
             f"1.0 for model.name={m.name!r}: layer-wise rates follow ViT blocks",
         )
+    entry = MODELS.get(m.name)
+    if entry is not None and not entry.labels and not self.monitor.endswith("/loss"):
+        raise ConfigError(
+            "monitor",
+            self.monitor,
+            f"a loss, such as val/loss: model.name={m.name!r} learns without labels",
+        )
     if self.monitor.startswith("val_ema/") and self.ema_decay is None:
         raise ConfigError(
             "monitor", self.monitor, "a val/ or train/ metric: ema_decay is not set"

@@ -61,13 +61,15 @@ __all__ = ['MODELS', 'FREEZE_OPTIONS', 'LIBRARIES', 'ARCHITECTURE_FIELDS', 'WEIG
 # %% ../../nbs/08_training_factory.ipynb #02205bb5
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its builder, the sources it builds from, its rule check, and
-    whether it has batch norm (which cannot train on a batch of one image)."""
+    """A registered model: its builder, the sources it builds from, its rule check,
+    whether it has batch norm (which cannot train on a batch of one image) and whether
+    it learns from labels."""
 
     build: Callable[[ModelConfig], nn.Module]  # the `model` section -> the model
     sources: tuple[str, ...]  # the `ModelConfig.source` values it builds from
     check: Callable[[ModelConfig], None] | None = None  # its field check; None: none
     batch_norm: bool = False  # True: it cannot train on a batch of one image
+    labels: bool = True  # False: it scores itself, with a loss and no accuracy
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -78,6 +80,7 @@ def register_model(
     sources: tuple[str, ...] = ("custom",),
     check: Callable[[ModelConfig], None] | None = None,
     batch_norm: bool = False,
+    labels: bool = True,
 ):
     """Decorator: register `build(config) -> nn.Module` as the model called `name`
     (replacing any model of that name), in a `ModelEntry`. `sources` are the
@@ -85,12 +88,13 @@ def register_model(
     `ModelConfig.validate`, raises an `ArgumentError` for a field the model cannot
     take (None: no check of its own); `batch_norm` says that the model has batch norm,
     so that `TrainConfig` refuses a configuration that would train it on a batch of
-    one image."""
+    one image; `labels` False, that it learns without them, returning its own loss and
+    no logits, so that `TrainConfig` refuses to monitor an accuracy."""
 
     def add(
         build: Callable[[ModelConfig], nn.Module],
     ) -> Callable[[ModelConfig], nn.Module]:
-        MODELS[name] = ModelEntry(build, sources, check, batch_norm)
+        MODELS[name] = ModelEntry(build, sources, check, batch_norm, labels)
         return build
 
     return add
@@ -1022,7 +1026,7 @@ def _check_mae(config: ModelConfig) -> None:
     check_bool("norm_pix_loss", config.norm_pix_loss)
 
 
-@register_model("mae", check=_check_mae)
+@register_model("mae", check=_check_mae, labels=False)
 def build_mae(config: ModelConfig) -> MaskedAutoencoder:
     """Chapter 16's `MaskedAutoencoder` from `config`: its encoder is the ViT that the
     ViT fields describe, without a head (`num_classes` is not read)."""
