@@ -47,7 +47,7 @@ def sdpa_activation_jit(inputs: list, outputs: list) -> int:
     first of `outputs` ([..., Tq, dv]); `inputs` is not used (fvcore passes both)."""
     return math.prod(get_shape(outputs[0]))
 
-
+# %% ../nbs/05_model_analysis.ipynb #960aa6b4
 class ModelSummary(NamedTuple):
     """What `model_summary` measures; unpacks in the order `params`, `mult_adds`,
     `activations`, `table`."""

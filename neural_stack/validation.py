@@ -30,7 +30,11 @@ class ArgumentError(ValueError):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field}={shorten(value)}; expected {allowed}")
 
+# %% auto #0
+__all__ = ['shorten', 'ArgumentError', 'check_int', 'check_number', 'check_probability', 'check_bool', 'check_choice',
+           'check_multiple']
 
+# %% ../nbs/validation.ipynb #67bf0c90
 def check_int(
     field: str, value: object, minimum: int = 1, maximum: int | None = None
 ) -> int:
@@ -51,7 +55,7 @@ def check_int(
         raise ArgumentError(field, value, allowed)
     return value
 
-
+# %% ../nbs/validation.ipynb #b86b951a
 def check_number(
     field: str,
     value: object,
@@ -86,7 +90,7 @@ def check_number(
         )
     return float(value)
 
-
+# %% ../nbs/validation.ipynb #81145838
 def check_probability(field: str, value: object) -> float:
     """`value` as a float if it is a probability in [0, 1), such as a dropout or
     drop-path rate; otherwise an `ArgumentError` naming `field`."""
@@ -119,7 +123,3 @@ def check_multiple(field: str, value: int, of_field: str, of_value: int) -> int:
     if value % of_value:
         raise ArgumentError(field, value, f"a multiple of {of_field}={of_value}")
     return value
-
-# %% auto #0
-__all__ = ['shorten', 'ArgumentError', 'check_int', 'check_number', 'check_probability', 'check_bool', 'check_choice',
-           'check_multiple']

@@ -41,7 +41,7 @@ def _check_weights(w: Tensor, name: str) -> None:
             "weights are probabilities (a softmax's output), not scores"
         )
 
-
+# %% ../nbs/06_visualization.ipynb #9ac46b5c
 def _layers(attentions, name: str, dims: int) -> list[Tensor]:
     "Per-layer tensors of `dims` dimensions, from a sequence or a stacked tensor."
     if isinstance(attentions, (Tensor, np.ndarray)):
@@ -65,7 +65,7 @@ def _layers(attentions, name: str, dims: int) -> list[Tensor]:
         _check_weights(a, f"{name}[{i}]")
     return layers
 
-
+# %% ../nbs/06_visualization.ipynb #6c1eb1ff
 def _head_panels(heads: Tensor) -> list[tuple[str, Tensor]]:
     "Panels of one layer [H, Tq, Tk]: the mean of the heads (if H > 1), then each head."
     H = heads.shape[0]
@@ -251,7 +251,7 @@ def _grid(grid_size, num_tokens: int, num_prefix_tokens: int) -> tuple[int, int]
         )
     return gh, gw
 
-
+# %% ../nbs/06_visualization.ipynb #8ca52aec
 def attention_map(
     attention, grid_size=None, query: int | str = 0, num_prefix_tokens: int = 1
 ) -> Tensor:
@@ -281,7 +281,7 @@ def attention_map(
         )
     return row[..., num_prefix_tokens:].reshape(*row.shape[:-1], gh, gw)
 
-
+# %% ../nbs/06_visualization.ipynb #86e211a0
 def _rgb(image: Tensor) -> np.ndarray:
     "[H, W], [1, H, W] or [3, H, W], any range, to [H, W, 3] uint8, min to max."
     if image.dim() == 3 and image.shape[0] in (1, 3):
@@ -320,7 +320,7 @@ def _map_trace(
         **kw,
     )
 
-
+# %% ../nbs/06_visualization.ipynb #7bfa9686
 def _images(images, name: str) -> Tensor:
     "Images as [B, C, H, W] (one [C, H, W] or [H, W] image becomes a batch of one)."
     x = _as_tensor(images, name)
@@ -414,7 +414,7 @@ def mean_attention_distance(
         result.append((weights * distance).sum(dim=-1).mean(dim=(0, 2)))
     return torch.stack(result)
 
-
+# %% ../nbs/06_visualization.ipynb #78009847
 def attention_entropy(attentions) -> Tensor:
     """Entropy of the attention rows in nats, averaged over queries and the batch, per
     layer and head, [L, H]: 0 when every query attends to one key, log N when it spreads

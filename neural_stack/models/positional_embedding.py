@@ -36,7 +36,7 @@ def to_grid(
         )
     return check_int(f"{name}[0]", pair[0]), check_int(f"{name}[1]", pair[1])
 
-
+# %% ../../nbs/03_positional_embedding.ipynb #0e67555d
 def sincos_2d(
     grid_size: int | tuple[int, int], embed_dim: int, temperature: float = 10_000.0
 ) -> Tensor:
@@ -65,7 +65,7 @@ def sincos_2d(
     col, row = j.reshape(-1, 1) * omega, i.reshape(-1, 1) * omega
     return torch.cat([col.sin(), col.cos(), row.sin(), row.cos()], dim=1).float()
 
-
+# %% ../../nbs/03_positional_embedding.ipynb #5a4724d9
 def resample_grid_table(
     table: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
 ) -> Tensor:

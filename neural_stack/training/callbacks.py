@@ -351,7 +351,7 @@ class CSVLogger(Callback):
             writer.writeheader()
         return writer
 
-
+# %% ../../nbs/11_training_callbacks.ipynb #69032136
 class WandbCallback(Callback):
     """Logs each epoch's metrics to Weights & Biases (`pip install wandb`), in a run
     that `wandb.init` starts with `project` (None: wandb's default) and

@@ -118,7 +118,7 @@ def _digits_vit() -> ModelConfig:
         num_layers=4,
     )
 
-
+# %% ../../nbs/09_training_config.ipynb #871367e7
 @dataclass
 class TrainConfig:
     """A whole training run: four sections and the run's own fields, validated together.
@@ -339,7 +339,7 @@ def config_from_dict(cls: type, data: object, path: str = "") -> Any:
     except ArgumentError as e:
         raise ConfigError.from_argument(e, path) from None
 
-
+# %% ../../nbs/09_training_config.ipynb #d570ad7d
 def _convert(kind: Any, value: object, path: str) -> object:
     "`value` as the annotated type `kind`, or a `ConfigError` naming `path`."
     if is_dataclass(kind):
@@ -363,7 +363,7 @@ def _convert(kind: Any, value: object, path: str) -> object:
 _NO = object()
 _UnionType = type(int | None)
 
-
+# %% ../../nbs/09_training_config.ipynb #aa55db6e
 def _as(kind: Any, value: object) -> object:
     "`value` as `kind` (int, float, bool, str, None, tuple[...]), or `_NO`."
     if kind is type(None):
@@ -392,7 +392,7 @@ def _as(kind: Any, value: object) -> object:
         return _NO if _NO in converted else converted
     raise TypeError(f"no conversion for the annotation {kind!r}")
 
-
+# %% ../../nbs/09_training_config.ipynb #0ea8ee60
 def _describe(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
         plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}

@@ -376,7 +376,7 @@ _STATS: dict[
     str, _Stats
 ] = {}  # filled on first use by DATASET_STATS or build_dataloaders
 
-
+# %% ../../nbs/07_training_data.ipynb #497cf6b2
 def _dataset_stats(
     name: str, data_dir: str, train_images: Tensor | None = None
 ) -> _Stats:
@@ -467,7 +467,7 @@ MAX_RAND_AUG_OPS = 16  # RandAugment uses 1 to 3; each op costs time per image
 MAX_RAND_AUG_MAGNITUDE = 10  # the scale of the RandAugment paper, timm and DeiT
 MAX_IMG_SIZE = 1024  # data.img_size: ViTs fine-tune at 224 to 518
 
-
+# %% ../../nbs/07_training_data.ipynb #71429899
 @dataclass
 class DataConfig:
     """The `data` section: dataset, batching and augmentation of a run.
@@ -680,7 +680,7 @@ class ImageTensorDataset(Dataset):
         finally:
             torch.set_num_threads(threads)
 
-
+# %% ../../nbs/07_training_data.ipynb #e13132e4
 class _SeededShuffle(Sampler):
     """Each epoch a random order, and a seed per sample for its augmentation. With
     `world_size` processes, every process draws the same order and takes its share,
@@ -707,7 +707,7 @@ class _SeededShuffle(Sampler):
         pairs += pairs[: len(self) * self.world_size - self.size]
         return iter(pairs[self.rank :: self.world_size])
 
-
+# %% ../../nbs/07_training_data.ipynb #298345d3
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's random number generators (all devices)
     with `seed`; NumPy's, which takes 32 bits, with `seed` modulo $2^{32}$."""

@@ -257,7 +257,7 @@ def _library_model(
         )
     return torchvision.models.get_model(name, num_classes=num_classes)
 
-
+# %% ../../nbs/08_training_factory.ipynb #d14a942d
 def _library_key(config: ModelConfig) -> tuple[str, str, int, int, int]:
     return (
         config.source,
@@ -339,7 +339,7 @@ def resolve_model(config: ModelConfig) -> ModelConfig:
         pretrained_name(config)
     return config
 
-
+# %% ../../nbs/08_training_factory.ipynb #0c9b21d5
 def _check_library_name(config: ModelConfig) -> None:
     "An `ArgumentError` unless `config.name` names a model of `config.source`."
     name, source = config.name, config.source
@@ -499,7 +499,7 @@ def weights_file(path: str | Path) -> Path:
         raise ArgumentError("init_from", str(path), "a file or folder that exists")
     return found
 
-
+# %% ../../nbs/08_training_factory.ipynb #bc86299b
 @dataclass(frozen=True)
 class WeightsReport:
     """What `load_weights` loaded: the file, a prefix of its SHA-256 digest, the grid
@@ -522,7 +522,7 @@ class WeightsReport:
         done = "; ".join(changes) or "every tensor as saved"
         return f"weights from {self.path} (sha256 {self.sha256}): {done}"
 
-
+# %% ../../nbs/08_training_factory.ipynb #378e5d21
 def _read_state(file: Path) -> dict[str, Tensor]:
     "The state dict in `file`: a bare one, or a checkpoint's under 'model'."
     try:
@@ -713,7 +713,7 @@ def _check_vit(config: ModelConfig) -> None:
     if config.pretrained:
         pretrained_name(config)  # refused now, not after a download
 
-
+# %% ../../nbs/08_training_factory.ipynb #78255a55
 @register_model("vit", sources=("custom", "timm", "torchvision"), check=_check_vit)
 def build_vit(config: ModelConfig) -> VisionTransformer:
     """Our `VisionTransformer`, built directly or ported from timm's or torchvision's:
@@ -1155,7 +1155,7 @@ class SchedulerConfig:
         check_number("warmup_epochs", self.warmup_epochs, at_least=0)
         return self
 
-
+# %% ../../nbs/08_training_factory.ipynb #8f57f41d
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     config: SchedulerConfig,

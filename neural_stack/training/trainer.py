@@ -94,7 +94,7 @@ def rng_state() -> dict[str, Any]:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
-
+# %% ../../nbs/10_training_trainer.ipynb #cd0babf5
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore the generators to `state`, what `rng_state` returned (CUDA's only where
     CUDA is available)."""
@@ -113,7 +113,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
-
+# %% ../../nbs/10_training_trainer.ipynb #a7001c63
 def distributed_info() -> tuple[int, int, int]:
     "(global rank, local rank, world size) from torch.distributed, else (0, 0, 1)."
     if dist.is_available() and dist.is_initialized():
@@ -187,7 +187,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     should_stop: bool = False  # a callback sets it to end the run after this epoch
 
-
+# %% ../../nbs/10_training_trainer.ipynb #feb08a51
 class Callback:
     """Hooks a `Trainer` calls with its `TrainState`, the `state` argument of every
     hook: one object for the whole run, which hooks read and may change
@@ -704,7 +704,7 @@ def state_dict(self: Trainer) -> dict[str, Any]:
         "loader_rng": None if loader_rng is None else loader_rng.get_state(),
     }
 
-
+# %% ../../nbs/10_training_trainer.ipynb #fe19dbaa
 @patch
 def load_state_dict(
     self: Trainer, checkpoint: dict[str, Any], source: str = "the checkpoint"
