@@ -283,6 +283,8 @@ def base_dict(model: str, root: Path) -> dict:
         "device": "cpu",
         "checkpoint_dir": str(root / "run" / "checkpoints"),
         "model": {"name": model, **TINY, **OWN.get(model, {})},
+        # a model that learns without labels has no accuracy to monitor
+        "monitor": "val/accuracy" if MODELS[model].labels else "val/loss",
         "data": {
             "dataset": "digits",
             "data_dir": str(root / "data"),

@@ -55,13 +55,13 @@ def random_masking(
 # %% ../../nbs/16_masked_autoencoders.ipynb #8f4c06f8
 class MaskedAutoencoder(nn.Module):
     """A masked autoencoder (He et al., 2022) around `encoder`, a `VisionTransformer`
-    without a distillation token or registers: the encoder sees only the patches `random_masking`
-    leaves visible (`mask_ratio` of them hidden); a light decoder of `decoder_layers`
-    blocks of width `decoder_dim` with `decoder_heads` heads sees the encoded tokens
-    and a shared learned mask token in every hidden place, all with fixed sine-cosine
-    positions, and predicts the pixels of every patch. The loss is the mean squared
-    error on the hidden patches only, against each patch's pixels normalised to zero
-    mean and unit variance where `norm_pix_loss` (the paper's better target)."""
+    without a distillation token or registers: the encoder sees only the patches
+    `random_masking` leaves visible (`mask_ratio` of them hidden); a light decoder of
+    `decoder_layers` blocks of width `decoder_dim` with `decoder_heads` heads sees the
+    encoded tokens and a shared learned mask token in every hidden place, all with fixed
+    sine-cosine positions, and predicts the pixels of every patch. The loss is the mean
+    squared error on the hidden patches only, against each patch's pixels normalised to
+    zero mean and unit variance where `norm_pix_loss` (the paper's better target)."""
 
     def __init__(
         self,
