@@ -385,6 +385,8 @@ def _print_results(results: dict[str, Any], out: Path) -> None:
         f"done after {len(results['history'])} epochs: "
         + ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("val/"))
     )
+    if results.get("compile_seconds"):  # not in the epochs' seconds
+        print(f"  compiling took {results['compile_seconds']:.1f} s")
     for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "tensorboard"):
         if (out / name).exists():
             print(f"  {name:<12} {out.resolve() / name}")

@@ -459,6 +459,8 @@ REGRESSIONS = [
     ("vit", {"data.mean": [1e300], "data.std": [0.5]}),
     # an unknown key written as it came: a line break in the message, no dotted path
     ("vit", {"data": {"a\nb": 1}}),
+    # a masked autoencoder's normalised target on one-pixel patches: a NaN variance
+    ("mae", {"model.patch_size": 1}),
     # a million RandAugment operations per image: a run that never ends
     ("cnn", {"data.rand_aug": True, "data.rand_aug_num_ops": 10**6}),
     # a device this machine lacks: a one-line DeviceError naming device='auto'

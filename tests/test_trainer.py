@@ -439,3 +439,41 @@ def test_cuda_bfloat16_matches_float32_loosely():
             amp_dtype="bfloat16",
         ).fit()["final"]["val/loss"]
     assert runs[True] == pytest.approx(runs[False], abs=0.05)
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 3))
+
+
+def test_compiled_training_equals_eager_and_keeps_the_state_dict(tmp_path):
+    # 100 samples in batches of 16: the last batch of 4 runs the same compiled graph
+    results, models = [], []
+    for compiled in (False, True):
+        model = mlp()
+        trainer = Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            loader(data()),
+            loader(data(40, seed=1)),
+            device="cpu",
+            num_epochs=2,
+            grad_accum_steps=2,
+            compile=compiled,
+        )
+        results.append(trainer.fit())
+        models.append(model)
+        keys = list(trainer.state_dict()["model"])
+        assert keys == list(mlp().state_dict()), "the model's own keys, no _orig_mod."
+    eager, compiled = results
+    assert eager["compile_seconds"] == 0 < compiled["compile_seconds"]
+    for a, b in zip(eager["history"], compiled["history"]):
+        assert math.isclose(a["val/loss"], b["val/loss"], rel_tol=1e-5)
+        assert b["seconds"] > 0
+    assert max_diff(*models) < 1e-5
+
+
+def test_compile_must_be_a_bool():
+    model = mlp()
+    with pytest.raises(ValueError, match="^compile='yes'"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), [], compile="yes")

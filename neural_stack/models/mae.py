@@ -86,6 +86,12 @@ class MaskedAutoencoder(nn.Module):
         self.mask_ratio = check_number("mask_ratio", mask_ratio, at_least=0, below=1)
         self.norm_pix_loss = check_bool("norm_pix_loss", norm_pix_loss)
         config = encoder.config
+        if norm_pix_loss and config.patch_size**2 * config.in_channels < 2:
+            raise ArgumentError(
+                "norm_pix_loss",
+                True,
+                "False for patches of one value, which have no variance",
+            )
         self.encoder, self.patch_size = encoder, config.patch_size
         self.prefix = 1 if config.use_cls_token else 0  # tokens before the patches
         self.decoder_embed = nn.Linear(config.embed_dim, decoder_dim)

@@ -147,6 +147,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without improvement; 0: off
     experiment_name: str = "vit"  # the run's name in its first line and in wandb
     threads: int | str = "auto"  # CPU threads; "auto": one for small models
+    compile: bool = False  # torch.compile the model; its seconds reported apart
     loggers: tuple[str, ...] = ("csv",)  # where metrics go, of LOGGERS
 
     def __post_init__(self):
@@ -183,7 +184,7 @@ def _validate_run(self: TrainConfig) -> None:
     for name in ("save_every", "early_stopping_patience"):
         check_int(name, getattr(self, name), minimum=0)
     check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)  # NumPy seeds' range
-    for name in ("save_best", "use_amp"):
+    for name in ("save_best", "use_amp", "compile"):
         check_bool(name, getattr(self, name))
     if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
         raise ArgumentError(

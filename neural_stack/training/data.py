@@ -16,7 +16,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import one_hot
+from torch.nn.functional import affine_grid, grid_sample, one_hot
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 
@@ -32,7 +32,7 @@ from neural_stack.validation import (
 __all__ = ['DATASETS', 'DATASET_STATS', 'MAX_RAND_AUG_OPS', 'MAX_RAND_AUG_MAGNITUDE', 'MAX_IMG_SIZE', 'DatasetInfo',
            'get_dataset_info', 'DatasetNotAvailableError', 'DatasetDamagedError', 'DataConfig', 'image_size',
            'PortableResize', 'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size',
-           'build_dataloaders']
+           'batch_random_crop', 'build_dataloaders']
 
 # %% ../../nbs/07_training_data.ipynb #472536aa
 @dataclass(frozen=True)
@@ -477,7 +477,10 @@ class DataConfig:
     of the image's area is drawn from `crop_scale` (low, high; 0 < low <= high <= 1)
     and whose width / height is drawn from `crop_ratio`, then `random_horizontal_flip`,
     `color_jitter` and `rand_aug`; then, on normalised images, `random_erasing` and the
-    batch mixes."""
+    batch mixes. With `batch_augment`, the loaders stack each batch's uint8 images and
+    resize, normalise, crop and flip them as one tensor (`batch_random_crop`), each image
+    its own box and flip: the crop and flip come after `color_jitter` and `rand_aug`,
+    which stay per image, and the box need not fall on whole pixels."""
 
     dataset: str = "digits"  # a name in `DATASETS`
     data_dir: str = _DATA_DIR  # where torchvision's datasets are, or are downloaded to
@@ -487,6 +490,7 @@ class DataConfig:
     img_size: int | None = None  # None: the dataset's own; else resized, both splits
     random_horizontal_flip: bool = False  # mirror each image with chance 1/2
     random_crop: bool = False  # RandomResizedCrop, back to `image_size`
+    batch_augment: bool = False  # crop, flip and normalise whole batches: faster
     crop_scale: tuple[float, float] = (
         0.08,
         1.0,
@@ -525,7 +529,7 @@ class DataConfig:
         check_int("num_workers", self.num_workers, minimum=0)
         for name in ("pin_memory", "random_horizontal_flip", "random_crop"):
             check_bool(name, getattr(self, name))
-        for name in ("color_jitter", "rand_aug"):
+        for name in ("color_jitter", "rand_aug", "batch_augment"):
             check_bool(name, getattr(self, name))
         _check_pair("crop_scale", self.crop_scale, at_most=1)
         _check_pair("crop_ratio", self.crop_ratio)
@@ -621,6 +625,12 @@ def _augmentations(config: DataConfig) -> list[Callable]:
         )
     if config.random_horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
+    return steps + _photometric(config)
+
+
+def _photometric(config: DataConfig) -> list[Callable]:
+    "The steps that stay per image under `batch_augment`: colour jitter, RandAugment."
+    steps = []
     if config.color_jitter:
         steps.append(
             v2.ColorJitter(
@@ -774,7 +784,10 @@ class _MixCollate:
 
     def __call__(self, samples: list[tuple]) -> tuple[Tensor, Tensor]:
         images, labels = default_collate([sample[:2] for sample in samples])
-        seeds = [sample[2] for sample in samples]
+        return self.mixed(images, labels, [sample[2] for sample in samples])
+
+    def mixed(self, images: Tensor, labels: Tensor, seeds: list[int]) -> tuple:
+        "`images` and `labels` mixed, drawn from the sample `seeds`."
         seed = int(np.random.SeedSequence(seeds).generate_state(1, np.uint64)[0])
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
@@ -782,6 +795,146 @@ class _MixCollate:
         if labels.ndim == 1:  # RandomApply left this batch as it was
             labels = one_hot(labels, self.num_classes).float()
         return images, labels
+
+# %% ../../nbs/07_training_data.ipynb #858d7f42
+def batch_random_crop(
+    images: Tensor,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """A random resized crop of each image of a float batch `images` [B, C, H, W], back
+    to H x W, all in one bilinear `grid_sample`. Each image gets its own box, drawn as
+    torchvision's `RandomResizedCrop` draws one: a share of the area from `scale` and a
+    width / height from `ratio` (log-uniform), redrawn up to ten times until the box
+    fits the image (else the whole image, cut to the nearest allowed ratio), placed
+    uniformly inside it. With `flip`, each image is also mirrored with chance 1/2.
+    Random numbers come from `generator`. Where torchvision cuts a box of whole pixels
+    and resizes it image by image, the box here is continuous and its edge pixels blend
+    with their neighbours outside it."""
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ArgumentError("images", tuple(images.shape), "a float batch [B, C, H, W]")
+    _check_pair("scale", scale, at_most=1)
+    _check_pair("ratio", ratio)
+    b, _, h, w = images.shape
+    tries = torch.rand(2, 10, b, generator=generator).to(images)
+    area = scale[0] + (scale[1] - scale[0]) * tries[0]
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(low + (high - low) * tries[1])
+    # the box's width and height as shares of the image's: area * H * W pixels in all
+    widths, heights = (area * aspect * h / w).sqrt(), (area / aspect * w / h).sqrt()
+    # torchvision rounds the box to whole pixels before it checks that it fits
+    fits = ((widths * w).round() <= w) & ((heights * h).round() <= h)
+    first = fits.to(torch.uint8).argmax(0, keepdim=True)  # the first try that fits
+    width = widths.gather(0, first)[0].clamp(max=1)
+    height = heights.gather(0, first)[0].clamp(max=1)
+    shape = min(max(w / h, ratio[0]), ratio[1])  # none fits: the whole image's ratio,
+    whole = torch.tensor([min(1, shape * h / w), min(1, w / (shape * h))]).to(images)
+    width = torch.where(fits.any(0), width, whole[0])  # clamped to `ratio`
+    height = torch.where(fits.any(0), height, whole[1])
+    place = torch.rand(3, b, generator=generator).to(images)
+    theta = torch.zeros(b, 2, 3).to(images)  # output -> input, coordinates in [-1, 1]
+    theta[:, 0, 0] = width * (1 - 2 * (place[2] < 0.5).to(images)) if flip else width
+    theta[:, 1, 1] = height
+    theta[:, 0, 2] = (1 - width) * (2 * place[0] - 1)  # the box's centre, inside
+    theta[:, 1, 2] = (1 - height) * (2 * place[1] - 1)
+    grid = affine_grid(theta, list(images.shape), align_corners=False)
+    return grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+# %% ../../nbs/07_training_data.ipynb #5006b446
+class _BatchCollate:
+    """A loader's `collate_fn` under `batch_augment`: the samples' uint8 images stacked
+    and `prepare`d (resized, scaled, normalised) as one batch. Seeded samples
+    (`_SeededSamples`, training) are then cropped (`crop`: the scale and ratio ranges
+    of `batch_random_crop`) and flipped (`flip`), erased image by image (`erase`) and
+    mixed (`mix`), all drawn from seeds made of the batch's sample seeds, so that the
+    same samples come out alike in any process and after a resume."""
+
+    def __init__(
+        self,
+        prepare: v2.Transform,
+        crop: tuple | None = None,
+        flip: bool = False,
+        erase: v2.Transform | None = None,
+        mix: _MixCollate | None = None,
+    ):
+        self.prepare, self.crop, self.flip = prepare, crop, flip
+        self.erase, self.mix = erase, mix
+
+    def __call__(self, samples: list[tuple]) -> tuple[Tensor, Tensor]:
+        images = self.prepare(torch.stack([sample[0] for sample in samples]))
+        labels = torch.stack([sample[1] for sample in samples])
+        if len(samples[0]) == 2:  # validation: nothing random
+            return images, labels
+        seeds = [sample[2] for sample in samples]
+        # the first is the mix's (`_MixCollate.mixed`)
+        state = np.random.SeedSequence(seeds).generate_state(3, np.uint64)
+        generator = torch.Generator().manual_seed(int(state[1]))
+        if self.crop is not None:
+            images = batch_random_crop(images, *self.crop, self.flip, generator)
+        elif self.flip:
+            mirror = (torch.rand(len(images), generator=generator) < 0.5).view(
+                -1, 1, 1, 1
+            )
+            images = torch.where(mirror, images.flip(-1), images)
+        if self.erase is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(int(state[2]))
+                images = torch.stack([self.erase(image) for image in images])
+        if self.mix is not None:
+            return self.mix.mixed(images, labels, seeds)
+        return images, labels
+
+# %% ../../nbs/07_training_data.ipynb #938706a5
+def _batched_splits(
+    config: DataConfig, splits: tuple, mean: list, std: list, mix: _MixCollate | None
+) -> tuple[Dataset, Dataset, _BatchCollate, _BatchCollate]:
+    """The training and validation sets of `splits` ((images, labels) each) and their
+    `collate_fn`s under `batch_augment`: only `_photometric` steps stay per image."""
+    (train_x, train_y), (val_x, val_y) = splits
+    steps = _photometric(config)
+    prepare = v2.Compose(
+        [
+            *_resize(config),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+    crop = None
+    if config.random_crop:
+        crop = (
+            tuple(map(float, config.crop_scale)),
+            tuple(map(float, config.crop_ratio)),
+        )
+    erase = None
+    if config.random_erasing > 0:  # normalised: random values are pixels of N(0, 1)
+        erase = v2.RandomErasing(config.random_erasing, value="random")
+    flip = config.random_horizontal_flip
+    return (
+        _SeededSamples(train_x, train_y, v2.Compose(steps) if steps else None),
+        ImageTensorDataset(val_x, val_y),
+        _BatchCollate(prepare, crop, flip, erase, mix),
+        _BatchCollate(prepare),
+    )
+
+# %% ../../nbs/07_training_data.ipynb #91a60299
+def _per_image_splits(
+    config: DataConfig, splits: tuple, mean: list, std: list, mix: v2.Transform | None
+) -> tuple[Dataset, Dataset]:
+    """The training and validation sets of `splits` ((images, labels) each), every
+    step per image; with a `mix`, training samples carry their seeds."""
+    (train_x, train_y), (val_x, val_y) = splits
+    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    train_steps = [*_augmentations(config), *to_float]
+    if config.random_erasing > 0:  # normalised: random values are pixels of N(0, 1)
+        train_steps.append(v2.RandomErasing(config.random_erasing, value="random"))
+    samples = ImageTensorDataset if mix is None else _SeededSamples
+    val_steps = v2.Compose([*_resize(config), *to_float])
+    return (
+        samples(train_x, train_y, v2.Compose(train_steps)),
+        ImageTensorDataset(val_x, val_y, val_steps),
+    )
 
 # %% ../../nbs/07_training_data.ipynb #f6c0a8b5
 def build_dataloaders(
@@ -794,7 +947,7 @@ def build_dataloaders(
     MixUp or CutMix on, training targets are float32 probabilities [B, num_classes].
     The training split is cut to `train_fraction` (`train_size`). Only the training
     loader shuffles, augments, erases and mixes; the same `seed` gives the same
-    batches. For distributed training, process `rank` of `world_size` gets its share
+    batches, whatever `num_workers`. For distributed training, process `rank` of `world_size` gets its share
     of each split (validation unpadded, so that summed metrics are exact)."""
     config.validate()
     check_int("seed", seed, minimum=0)
@@ -810,16 +963,16 @@ def build_dataloaders(
     if config.train_fraction < 1:  # the same images whatever the seed
         keep = _subset(len(train_y), train_size(config))
         train_x, train_y = train_x[keep], train_y[keep]
-    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    train_steps = [*_augmentations(config), *to_float]
-    if config.random_erasing > 0:  # normalised: random values are pixels of N(0, 1)
-        train_steps.append(v2.RandomErasing(config.random_erasing, value="random"))
     mix, classes = _batch_mix(config), get_dataset_info(config.dataset).num_classes
-    samples = ImageTensorDataset if mix is None else _SeededSamples
-    train_set = samples(train_x, train_y, v2.Compose(train_steps))
-    val_set = ImageTensorDataset(
-        val_x, val_y, v2.Compose([*_resize(config), *to_float])
-    )
+    mixer = None if mix is None else _MixCollate(mix, classes)
+    splits = ((train_x, train_y), (val_x, val_y))
+    if config.batch_augment:
+        train_set, val_set, train_collate, val_collate = _batched_splits(
+            config, splits, mean, std, mixer
+        )
+    else:
+        train_set, val_set = _per_image_splits(config, splits, mean, std, mix)
+        train_collate, val_collate = mixer, None
     # A DataLoader without a generator of its own draws its workers' base seed from
     # torch's global generator every epoch; with one, the global state is left alone.
     train_generator = torch.Generator().manual_seed(seed)
@@ -834,11 +987,15 @@ def build_dataloaders(
         train_set,
         sampler=_SeededShuffle(len(train_set), train_generator, rank, world_size),
         generator=train_generator,
-        collate_fn=None if mix is None else _MixCollate(mix, classes),
+        collate_fn=train_collate,
         **options,
     )
     shard = range(rank, len(val_set), world_size)
     val = DataLoader(
-        val_set, sampler=shard, generator=torch.Generator().manual_seed(seed), **options
+        val_set,
+        sampler=shard,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=val_collate,
+        **options,
     )
     return train, val

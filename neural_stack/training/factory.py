@@ -1023,7 +1023,14 @@ def _check_mae(config: ModelConfig) -> None:
             config.mask_ratio,
             f"a share that leaves at least one of the {patches} patches visible",
         )
-    check_bool("norm_pix_loss", config.norm_pix_loss)
+    if check_bool("norm_pix_loss", config.norm_pix_loss) and (
+        config.patch_size**2 * config.in_channels < 2
+    ):
+        raise ArgumentError(
+            "norm_pix_loss",
+            True,
+            "False for patches of one value, which have no variance",
+        )
 
 
 @register_model("mae", check=_check_mae, labels=False)

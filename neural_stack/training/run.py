@@ -112,6 +112,7 @@ def build_trainer(
         seed=config.seed,
         run_config=config_to_dict(config),
         num_threads=resolve_threads(config.threads, parts["model"], config.device),
+        compile=config.compile,
         **trainer_kwargs,
     )
     trainer.weights_report = parts["weights"]
@@ -127,6 +128,7 @@ RESUME_MAY_CHANGE = frozenset(
         "experiment_name",
         "log_every",
         "threads",
+        "compile",  # how, not what: its floats differ at rounding, as a device's do
         "loggers",
         "save_best",
         "save_every",

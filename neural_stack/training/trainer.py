@@ -259,8 +259,11 @@ class Trainer:
     the batches between checks that the loss is finite, each a wait for the device.
     `seed` seeds Python, NumPy and PyTorch when `fit` starts, process `rank` with
     `seed + rank` (None: not seeded). `num_threads` sets PyTorch's CPU threads while it
-    trains (None: unchanged). `run_config` is the run's description as plain values (a
-    dict), kept in every checkpoint; the trainer never reads it."""
+    trains (None: unchanged). `compile` runs the model through `torch.compile` (the
+    state dict and so the checkpoints are the model's own, unchanged); the seconds it
+    takes are `compile_seconds`, apart from the epochs' `seconds`. `run_config` is the
+    run's description as plain values (a dict), kept in every checkpoint; the trainer
+    never reads it."""
 
     def __init__(
         self,
@@ -281,6 +284,7 @@ class Trainer:
         seed: int | None = None,
         run_config: dict | None = None,
         num_threads: int | None = None,
+        compile: bool = False,
     ):
         self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -299,6 +303,7 @@ class Trainer:
         if num_threads is not None:
             num_threads = check_int("num_threads", num_threads)
         self.num_threads = num_threads
+        self.compile, self.compile_seconds = check_bool("compile", compile), 0.0
         if run_config is not None and not isinstance(run_config, dict):
             raise ArgumentError(
                 "run_config", run_config, "a dict of plain values, or None"
@@ -322,7 +327,8 @@ class Trainer:
 def fit(
     self: Trainer, resume_from: str | os.PathLike | dict | None = None
 ) -> dict[str, Any]:
-    """Train, validating after every epoch; return the history and the final metrics.
+    """Train, validating after every epoch; return the history, the final metrics, the
+    optimiser steps, whether it stopped early and the seconds spent compiling.
     `resume_from`, a checkpoint file or one read with `load_checkpoint`, continues the
     run that wrote it, and `num_threads` holds while it runs."""
     with cpu_threads(self.num_threads):
@@ -339,7 +345,7 @@ def fit(
             for epoch in range(state.epoch, self.num_epochs):
                 state.epoch, state.batch = epoch, 0
                 self._call("on_epoch_begin")
-                start = time.perf_counter()
+                start, compiling = time.perf_counter(), self.compile_seconds
                 metrics = {"epoch": epoch + 1, **self._train_epoch()}
                 if self.val_loader is not None:
                     state.metrics = metrics  # the epoch's, which callbacks may add to
@@ -348,7 +354,8 @@ def fit(
                     self._call("on_validation_end")
                 self._check_epoch(metrics)  # before any callback can save the epoch
                 metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-                metrics["seconds"] = time.perf_counter() - start
+                compiling = self.compile_seconds - compiling  # spent compiling
+                metrics["seconds"] = time.perf_counter() - start - compiling
                 state.metrics = metrics
                 state.history.append(metrics)
                 self._rng = _gather(rng_state(), self.world_size)  # every process joins
@@ -364,12 +371,14 @@ def fit(
             "final": state.history[-1],
             "steps": state.step,
             "stopped_early": len(state.history) < self.num_epochs,
+            "compile_seconds": self.compile_seconds,
         }
 
 # %% ../../nbs/10_training_trainer.ipynb #5d68ead0
 @patch
 def _prepare(self: Trainer) -> None:
-    "Resolve device and precision, seed, move the model (and wrap it for DDP)."
+    """Resolve device and precision, seed, move the model (and wrap it for DDP, then
+    compile it)."""
     self.device = resolve_device(self.device_name)
     if self.world_size > 1 and self.device.type == "cuda":
         self.device = torch.device("cuda", self.local_rank)  # one GPU per process
@@ -387,6 +396,24 @@ def _prepare(self: Trainer) -> None:
     if self.world_size > 1:
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+    self._uncompiled, self.compile_seconds = set(), 0.0
+    if self.compile:  # the batch size may change (an epoch's last batch): one graph
+        self.network = torch.compile(self.network, dynamic=True)
+        self._uncompiled = {"train", "eval"}  # each compiles on its first batch
+
+# %% ../../nbs/10_training_trainer.ipynb #cdda2c49
+@patch
+@contextmanager
+def _compiling(self: Trainer, phase: str) -> Iterator[None]:
+    """Add the time inside to `compile_seconds` if `phase` ("train" or "eval") runs the
+    compiled network for the first time, which compiles it (one batch's work with it)."""
+    if phase not in self._uncompiled:
+        yield
+        return
+    start = time.perf_counter()
+    yield
+    self._uncompiled.discard(phase)
+    self.compile_seconds += time.perf_counter() - start
 
 # %% ../../nbs/10_training_trainer.ipynb #a956ed5b
 @patch
@@ -405,9 +432,10 @@ def _train_epoch(self: Trainer) -> dict[str, float]:
         self._call("on_batch_begin")
         steps = micro + 1 == self.grad_accum_steps or i == batches - 1
         # under DDP, gradients are averaged across processes only where a step uses them
-        quiet = not steps and self.network is not self.model
+        quiet = not steps and self.world_size > 1
         with self.network.no_sync() if quiet else nullcontext():
-            out = self.train_step(batch)
+            with self._compiling("train"):
+                out = self.train_step(batch)
         state.batch_output = out
         unchecked.append((out["loss"], i, state.step))
         loss_sum += out["loss"] * out["count"]
@@ -492,7 +520,8 @@ def _evaluate(self: Trainer, loader: Iterable) -> dict[str, float]:
     with torch.inference_mode(), self.autocast():
         for batch in loader:
             inputs, targets = self.unpack_batch(batch)
-            outputs = self.forward(inputs)
+            with self._compiling("eval"):
+                outputs = self.forward(inputs)
             n = len(targets)
             loss_sum += self.compute_loss(outputs, targets).float() * n
             count += n
