@@ -26,7 +26,7 @@ from timing import bench
 
 CONFIGS = {  # name: (config file or None for the default, overrides)
     "digits ViT (4 blocks, width 64), batch 64": (None, []),
-    "mnist-5k ViT (configs/vit_mnist5k.yaml), batch 64": (
+    "mnist-5k ViT (configs/vit_mnist5k.yaml), batch 128": (
         "configs/vit_mnist5k.yaml",
         [],
     ),

@@ -1,13 +1,16 @@
 """Benchmark: where an epoch of the mnist-5k recipe spends its time.
 
-One epoch of `configs/vit_mnist5k.yaml`, run by the `Trainer` itself under
-`torch.profiler`, split into the data pipeline (reading, augmenting and collating a
-batch: the loader's `__next__`), the forward pass (from the batch's start to the
-`on_before_backward` hook), the backward pass (autograd's engine) and the optimiser
-step, and validation; the rest (hooks, metric sums, the loop) is what is left of the
-epoch's wall time. Figures are per training step and as a share of the epoch.
+One epoch of `configs/vit_mnist5k.yaml` (or `--config`, such as the experiments'
+recipe `configs/vit_mnist5k_experiments.yaml`, which crops image by image), run by
+the `Trainer` itself under `torch.profiler`, split into the data pipeline (reading,
+augmenting and collating a batch: the loader's `__next__`), the forward pass (from
+the batch's start to the `on_before_backward` hook), the backward pass (autograd's
+engine) and the optimiser step, and validation; the rest (hooks, metric sums, the
+loop) is what is left of the epoch's wall time. Figures are per training step and as
+a share of the epoch.
 
-    python bench/epoch_profile.py [--epochs 2] [--threads 1] [--workers 0] [override ...]
+    python bench/epoch_profile.py [--config FILE] [--epochs 2] [--threads 1]
+                                  [--workers 0] [override ...]
 
 The first epoch warms up allocators and caches; the table is the last epoch's.
 """
@@ -61,13 +64,14 @@ class _Ranges(Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/vit_mnist5k.yaml")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="key.path=value, as on the CLI")
     args = parser.parse_args()
     config = apply_overrides(
-        load_config("configs/vit_mnist5k.yaml"),
+        load_config(args.config),
         [
             f"num_epochs={args.epochs}",
             f"threads={args.threads}",
@@ -93,8 +97,9 @@ def main() -> None:
                 totals[phase] += event.cpu_time_total / 1e6  # seconds
     totals["the rest: hooks, sums, the loop"] = wall - sum(totals.values())
     print(
-        f"mnist-5k ViT, one epoch of {steps} steps of {config.data.batch_size} images, "
-        f"{args.threads} thread(s), {args.workers} loader worker(s): {wall:.2f} s"
+        f"{args.config}: one epoch of {steps} steps of {config.data.batch_size} "
+        f"images, {args.threads} thread(s), {args.workers} loader worker(s): "
+        f"{wall:.2f} s"
     )
     print(f"{'phase':<32} {'ms / step':>10} {'share':>7}")
     for phase, seconds in totals.items():

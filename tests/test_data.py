@@ -111,6 +111,7 @@ def test_defaults():
         img_size=None,
         random_horizontal_flip=False,
         random_crop=False,
+        batch_augment=False,
         crop_scale=(0.08, 1.0),
         crop_ratio=(3 / 4, 4 / 3),
         color_jitter=False,

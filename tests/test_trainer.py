@@ -477,3 +477,23 @@ def test_compile_must_be_a_bool():
     model = mlp()
     with pytest.raises(ValueError, match="^compile='yes'"):
         Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), [], compile="yes")
+
+
+def test_validate_before_fit_and_on_another_model_with_compile():
+    # validating before fit compiles nothing yet; another model's batches are not
+    # counted as compiling the trainer's
+    model, other = mlp(), mlp()
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loader(data()),
+        loader(data(40, seed=1)),
+        device="cpu",
+        compile=True,
+    )
+    before = trainer.validate()
+    assert trainer.compile_seconds == 0 and math.isfinite(before["val/loss"])
+    trainer.fit()
+    spent = trainer.compile_seconds
+    trainer.validate(model=other)
+    assert trainer.compile_seconds == spent > 0

@@ -478,9 +478,9 @@ class DataConfig:
     and whose width / height is drawn from `crop_ratio`, then `random_horizontal_flip`,
     `color_jitter` and `rand_aug`; then, on normalised images, `random_erasing` and the
     batch mixes. With `batch_augment`, the loaders stack each batch's uint8 images and
-    resize, normalise, crop and flip them as one tensor (`batch_random_crop`), each image
-    its own box and flip: the crop and flip come after `color_jitter` and `rand_aug`,
-    which stay per image, and the box need not fall on whole pixels."""
+    resize, normalise, crop and flip them as one tensor (`batch_random_crop`), each
+    image its own box and flip: the crop and flip come after `color_jitter` and
+    `rand_aug`, which stay per image, and the box need not fall on whole pixels."""
 
     dataset: str = "digits"  # a name in `DATASETS`
     data_dir: str = _DATA_DIR  # where torchvision's datasets are, or are downloaded to
@@ -947,8 +947,9 @@ def build_dataloaders(
     MixUp or CutMix on, training targets are float32 probabilities [B, num_classes].
     The training split is cut to `train_fraction` (`train_size`). Only the training
     loader shuffles, augments, erases and mixes; the same `seed` gives the same
-    batches, whatever `num_workers`. For distributed training, process `rank` of `world_size` gets its share
-    of each split (validation unpadded, so that summed metrics are exact)."""
+    batches, whatever `num_workers`. For distributed training, process `rank` of
+    `world_size` gets its share of each split (validation unpadded, so that summed
+    metrics are exact)."""
     config.validate()
     check_int("seed", seed, minimum=0)
     check_int("world_size", world_size)

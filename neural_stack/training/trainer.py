@@ -304,6 +304,7 @@ class Trainer:
             num_threads = check_int("num_threads", num_threads)
         self.num_threads = num_threads
         self.compile, self.compile_seconds = check_bool("compile", compile), 0.0
+        self._uncompiled: set[str] = set()  # phases whose first batch compiles
         if run_config is not None and not isinstance(run_config, dict):
             raise ArgumentError(
                 "run_config", run_config, "a dict of plain values, or None"
@@ -406,7 +407,7 @@ def _prepare(self: Trainer) -> None:
 @contextmanager
 def _compiling(self: Trainer, phase: str) -> Iterator[None]:
     """Add the time inside to `compile_seconds` if `phase` ("train" or "eval") runs the
-    compiled network for the first time, which compiles it (one batch's work with it)."""
+    compiled network for the first time, which compiles it (with one batch's work)."""
     if phase not in self._uncompiled:
         yield
         return
@@ -503,12 +504,13 @@ def validate(
         )
     if model is None or model is self.model:
         return self._evaluate(loader)
-    own = self.model, self.network
+    own = self.model, self.network, self._uncompiled
     self.model = self.network = model  # what `forward` and the others call
+    self._uncompiled = set()  # its first batch compiles nothing
     try:
         return self._evaluate(loader)
     finally:
-        self.model, self.network = own
+        self.model, self.network, self._uncompiled = own
 
 # %% ../../nbs/10_training_trainer.ipynb #e1a2c3d4
 @patch
