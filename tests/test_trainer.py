@@ -446,21 +446,24 @@ def mlp():
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 3))
 
 
+def mlp_trainer(model: nn.Module, **kwargs) -> Trainer:
+    "`model` trained with SGD on 100 samples, validated on 40 others."
+    return Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loader(data()),
+        loader(data(40, seed=1)),
+        device="cpu",
+        **kwargs,
+    )
+
+
 def test_compiled_training_equals_eager_and_keeps_the_state_dict(tmp_path):
     # 100 samples in batches of 16: the last batch of 4 runs the same compiled graph
     results, models = [], []
     for compiled in (False, True):
         model = mlp()
-        trainer = Trainer(
-            model,
-            torch.optim.SGD(model.parameters(), lr=0.1),
-            loader(data()),
-            loader(data(40, seed=1)),
-            device="cpu",
-            num_epochs=2,
-            grad_accum_steps=2,
-            compile=compiled,
-        )
+        trainer = mlp_trainer(model, num_epochs=2, grad_accum_steps=2, compile=compiled)
         results.append(trainer.fit())
         models.append(model)
         keys = list(trainer.state_dict()["model"])
@@ -483,14 +486,7 @@ def test_validate_before_fit_and_on_another_model_with_compile():
     # validating before fit compiles nothing yet; another model's batches are not
     # counted as compiling the trainer's
     model, other = mlp(), mlp()
-    trainer = Trainer(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        loader(data()),
-        loader(data(40, seed=1)),
-        device="cpu",
-        compile=True,
-    )
+    trainer = mlp_trainer(model, compile=True)
     before = trainer.validate()
     assert trainer.compile_seconds == 0 and math.isfinite(before["val/loss"])
     trainer.fit()
