@@ -470,8 +470,9 @@ def _optimizer_step(self: Trainer, samples: int) -> Tensor | None:
         self.scaler.unscale_(self.optimizer)
     groups = self.optimizer.param_groups
     params = [p for group in groups for p in group["params"] if p.grad is not None]
-    for p in params:
-        p.grad.div_(samples)  # the backward passes summed over samples
+    # the backward passes summed over samples; one call for all (a loop of div_ calls
+    # costs a few microseconds a tensor in Python, a share of a small model's step)
+    torch._foreach_div_([p.grad for p in params], samples)
     norm = None
     if self.grad_clip_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
