@@ -1,5 +1,6 @@
 """`batch_augment`: the crop and flip of a whole batch in one resampling
-(`batch_random_crop`), loaders that normalise stacked batches, and what they keep of the
+(`batch_random_crop`, its boxes from `random_crop_boxes`), torchvision's crop of the same
+boxes, loaders that normalise stacked batches, and what they keep of the
 per-image path: the same validation batches, the same batches for the same seed in any
 number of worker processes, and the global random state untouched."""
 
@@ -8,8 +9,14 @@ import math
 
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as F
 
-from neural_stack.training.data import DataConfig, batch_random_crop, build_dataloaders
+from neural_stack.training.data import (
+    DataConfig,
+    batch_random_crop,
+    build_dataloaders,
+    random_crop_boxes,
+)
 from neural_stack.validation import ArgumentError
 
 CROP = dict(random_crop=True, crop_scale=(0.5, 1.0), crop_ratio=(0.75, 4 / 3))
@@ -67,6 +74,55 @@ def test_flip_mirrors_about_half_the_images():
     mirrored = (out - images.flip(-1)).abs().flatten(1).amax(1) < 1e-5
     assert (kept ^ mirrored).all()
     assert 0.4 < mirrored.float().mean() < 0.6
+
+
+@pytest.mark.parametrize(
+    "size, scale, ratio",
+    [((28, 28), (0.08, 1.0), (3 / 4, 4 / 3)), ((9, 31), (0.02, 0.6), (0.2, 5.0))],
+)
+def test_boxes_are_whole_pixels_inside_the_image(size, scale, ratio):
+    boxes = random_crop_boxes(
+        size, 2000, scale, ratio, torch.Generator().manual_seed(1)
+    )
+    top, left, height, width = boxes.T
+    assert boxes.dtype == torch.int64 and (height >= 1).all() and (width >= 1).all()
+    assert (top >= 0).all() and (top + height <= size[0]).all()
+    assert (left >= 0).all() and (left + width <= size[1]).all()
+    assert (width / height).log().std() > 0.05  # ratios differ from box to box
+    free = size[1] - width
+    assert (left[free > 0] / free[free > 0]).mean().sub(0.5).abs() < 0.05  # uniform
+
+
+def test_the_batch_crop_is_torchvisions_crop_of_the_same_boxes():
+    images = torch.rand(64, 3, 20, 24)
+    scale, ratio = (0.1, 0.9), (0.5, 2.0)
+    out = batch_random_crop(
+        images, scale, ratio, True, torch.Generator().manual_seed(2)
+    )
+    draws = torch.Generator().manual_seed(2)  # the same draws: the boxes, the mirrors
+    boxes = random_crop_boxes((20, 24), 64, scale, ratio, draws)
+    mirrored = torch.rand(64, generator=draws) < 0.5
+    assert 0 < mirrored.sum() < 64
+    for image, box, mirror, ours in zip(images, boxes.tolist(), mirrored, out):
+        theirs = F.resized_crop(image, *box, [20, 24], antialias=True)
+        theirs = F.horizontal_flip(theirs) if mirror else theirs
+        assert (ours - theirs).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(size=(0, 4)), "size"),
+        (dict(size=(4.0, 4)), "size"),
+        (dict(size=(4,)), "size"),
+        (dict(count=-1), "count"),
+        (dict(scale=(0.0, 1.0)), "scale"),
+        (dict(ratio=(1.0, float("inf"))), "ratio"),
+    ],
+)
+def test_bad_box_arguments_are_named(kwargs, field):
+    with pytest.raises(ArgumentError, match=f"^{field}="):
+        random_crop_boxes(**{"size": (4, 4), "count": 2, **kwargs})
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from neural_stack.validation import (
 __all__ = ['DATASETS', 'DATASET_STATS', 'MAX_RAND_AUG_OPS', 'MAX_RAND_AUG_MAGNITUDE', 'MAX_IMG_SIZE', 'DatasetInfo',
            'get_dataset_info', 'DatasetNotAvailableError', 'DatasetDamagedError', 'DataConfig', 'image_size',
            'PortableResize', 'build_augmentation', 'ImageTensorDataset', 'seed_everything', 'train_size',
-           'batch_random_crop', 'build_dataloaders']
+           'random_crop_boxes', 'batch_random_crop', 'build_dataloaders']
 
 # %% ../../nbs/07_training_data.ipynb #472536aa
 @dataclass(frozen=True)
@@ -796,6 +796,45 @@ class _MixCollate:
             labels = one_hot(labels, self.num_classes).float()
         return images, labels
 
+# %% ../../nbs/07_training_data.ipynb #37d79e01
+def random_crop_boxes(
+    size: tuple[int, int],
+    count: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """`count` boxes of whole pixels in an image of `size` (H, W), each drawn as
+    torchvision's `RandomResizedCrop` draws one: a share of the area from `scale` and a
+    width / height from `ratio` (log-uniform), rounded to pixels and redrawn up to ten
+    times until it fits, at a uniformly drawn pixel offset (else the whole image cut to
+    the nearest allowed ratio, centred). Random numbers come from `generator`. Returns
+    int64 [count, 4]: top, left, height, width."""
+    pixels = isinstance(size, (tuple, list)) and len(size) == 2
+    if not (pixels and all(type(n) is int and n > 0 for n in size)):
+        raise ArgumentError("size", size, "two positive integers (H, W)")
+    check_int("count", count, minimum=0)
+    _check_pair("scale", scale, at_most=1)
+    _check_pair("ratio", ratio)
+    h, w = size
+    tries = torch.rand(2, 10, count, generator=generator, dtype=torch.float64)
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * tries[0])
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(low + (high - low) * tries[1])
+    widths, heights = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (widths > 0) & (widths <= w) & (heights > 0) & (heights <= h)
+    first = fits.to(torch.uint8).argmax(0, keepdim=True)  # the first try that fits
+    drawn = fits.any(0)
+    shape = min(max(w / h, ratio[0]), ratio[1])  # none fits: the whole image's ratio,
+    whole = min(w, round(shape * h)), min(h, round(w / shape))  # clamped to `ratio`
+    width = torch.where(drawn, widths.gather(0, first)[0], whole[0])
+    height = torch.where(drawn, heights.gather(0, first)[0], whole[1])
+    place = torch.rand(2, count, generator=generator, dtype=torch.float64)
+    left = torch.where(drawn, place[0] * (w - width + 1), (w - width) / 2).floor()
+    top = torch.where(drawn, place[1] * (h - height + 1), (h - height) / 2).floor()
+    left, top = left.clamp(max=w - width), top.clamp(max=h - height)
+    return torch.stack([top, left, height, width], 1).long()
+
 # %% ../../nbs/07_training_data.ipynb #858d7f42
 def batch_random_crop(
     images: Tensor,
@@ -805,42 +844,28 @@ def batch_random_crop(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """A random resized crop of each image of a float batch `images` [B, C, H, W], back
-    to H x W, all in one bilinear `grid_sample`. Each image gets its own box, drawn as
-    torchvision's `RandomResizedCrop` draws one: a share of the area from `scale` and a
-    width / height from `ratio` (log-uniform), redrawn up to ten times until the box
-    fits the image (else the whole image, cut to the nearest allowed ratio), placed
-    uniformly inside it. With `flip`, each image is also mirrored with chance 1/2.
-    Random numbers come from `generator`. Where torchvision cuts a box of whole pixels
-    and resizes it image by image, the box here is continuous and its edge pixels blend
-    with their neighbours outside it."""
+    to H x W, all in one bilinear `grid_sample`: each image is cut to its own box of
+    whole pixels (`random_crop_boxes` with `scale` and `ratio`) and resized as
+    torchvision's `resized_crop` resizes it. With `flip`, each image is also mirrored
+    with chance 1/2. Random numbers come from `generator`."""
     if images.ndim != 4 or not images.is_floating_point():
         raise ArgumentError("images", tuple(images.shape), "a float batch [B, C, H, W]")
-    _check_pair("scale", scale, at_most=1)
-    _check_pair("ratio", ratio)
     b, _, h, w = images.shape
-    tries = torch.rand(2, 10, b, generator=generator).to(images)
-    area = scale[0] + (scale[1] - scale[0]) * tries[0]
-    low, high = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(low + (high - low) * tries[1])
-    # the box's width and height as shares of the image's: area * H * W pixels in all
-    widths, heights = (area * aspect * h / w).sqrt(), (area / aspect * w / h).sqrt()
-    # torchvision rounds the box to whole pixels before it checks that it fits
-    fits = ((widths * w).round() <= w) & ((heights * h).round() <= h)
-    first = fits.to(torch.uint8).argmax(0, keepdim=True)  # the first try that fits
-    width = widths.gather(0, first)[0].clamp(max=1)
-    height = heights.gather(0, first)[0].clamp(max=1)
-    shape = min(max(w / h, ratio[0]), ratio[1])  # none fits: the whole image's ratio,
-    whole = torch.tensor([min(1, shape * h / w), min(1, w / (shape * h))]).to(images)
-    width = torch.where(fits.any(0), width, whole[0])  # clamped to `ratio`
-    height = torch.where(fits.any(0), height, whole[1])
-    place = torch.rand(3, b, generator=generator).to(images)
+    boxes = random_crop_boxes((h, w), b, scale, ratio, generator).to(images)
+    top, left, height, width = boxes.unbind(1)
+    sign = torch.ones(b).to(images)
+    if flip:
+        sign = 1 - 2 * (torch.rand(b, generator=generator) < 0.5).to(images)
     theta = torch.zeros(b, 2, 3).to(images)  # output -> input, coordinates in [-1, 1]
-    theta[:, 0, 0] = width * (1 - 2 * (place[2] < 0.5).to(images)) if flip else width
-    theta[:, 1, 1] = height
-    theta[:, 0, 2] = (1 - width) * (2 * place[0] - 1)  # the box's centre, inside
-    theta[:, 1, 2] = (1 - height) * (2 * place[1] - 1)
+    theta[:, 0, 0], theta[:, 1, 1] = sign * width / w, height / h
+    theta[:, 0, 2] = (2 * left + width) / w - 1  # the box's centre
+    theta[:, 1, 2] = (2 * top + height) / h - 1
     grid = affine_grid(theta, list(images.shape), align_corners=False)
-    return grid_sample(images, grid, padding_mode="border", align_corners=False)
+    # a resize of the box alone reads nothing beyond its edge pixels' centres
+    low = torch.stack([(2 * left + 1) / w, (2 * top + 1) / h], 1) - 1
+    high = torch.stack([(2 * (left + width) - 1) / w, (2 * (top + height) - 1) / h], 1)
+    grid = grid.clamp(low[:, None, None], high[:, None, None] - 1)
+    return grid_sample(images, grid, align_corners=False)
 
 # %% ../../nbs/07_training_data.ipynb #5006b446
 class _BatchCollate:
