@@ -164,7 +164,7 @@ def grid(self: MaskedAutoencoder, images: Tensor) -> tuple[int, int]:
         images.shape[-1]
     ) // self.patch_size
 
-
+# %% ../../nbs/16_masked_autoencoders.ipynb #ba87289f
 @patch
 def target(self: MaskedAutoencoder, images: Tensor) -> Tensor:
     """What the decoder learns to predict for `images`: their patches [B, N, P² C],
@@ -175,7 +175,7 @@ def target(self: MaskedAutoencoder, images: Tensor) -> Tensor:
     mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
     return (patches - mean) / (var + 1e-6) ** 0.5
 
-
+# %% ../../nbs/16_masked_autoencoders.ipynb #423b1901
 @patch
 def forward(
     self: MaskedAutoencoder, images: Tensor, generator: torch.Generator | None = None
