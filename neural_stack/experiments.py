@@ -47,6 +47,7 @@ from neural_stack.training.config import (
 )
 from .training.factory import build_model
 from .training.trainer import Callback, Trainer, TrainState
+from .files import atomic_open
 from .validation import ArgumentError, check_int, check_number
 
 # %% auto #0
@@ -735,23 +736,15 @@ def check(
     names = self.sample() if names is None else list(names)
     problems, recorded = [], self.names()
     stale = {}  # the changed parts of the code, and how many records they concern
-    current = {}  # each part's hash now: None for a module or function that is gone
+    current = {}  # each part's hash now, shared by the records
     for name in recorded:
         try:
-            fingerprint = self._read(name)[0]["fingerprint"]
+            parts = self._stale_parts(name, current)
         except RecordError as e:
             problems.append(str(e))
             continue
-        models = [p for p in fingerprint if p.startswith(f"{MODELS_PACKAGE}.")]
-        for part in [*FINGERPRINTED, *models]:
-            if part not in current:
-                try:
-                    current[part] = code_fingerprint([part])[part]
-                except (ImportError, AttributeError):
-                    current[part] = None
-        for part in {*FINGERPRINTED, *models, *fingerprint}:
-            if current.get(part) != fingerprint.get(part):
-                stale[part] = stale.get(part, 0) + 1
+        for part in parts:
+            stale[part] = stale.get(part, 0) + 1
     if stale:
         parts = ", ".join(f"{part} ({n} records)" for part, n in sorted(stale.items()))
         problems.append(f"records made by code that has changed since: {parts}")
@@ -819,8 +812,12 @@ def rekey(self: RunRecords, names: Sequence[str] | None = None) -> dict[str, str
     they were trained with and the seed that vouched for them under "rekeyed"; where
     it changed, they are rebuilt too. Returns each stale record's fate: "unchanged",
     "changed" or "rekeyed"."""
-    todo = self.names() if names is None else list(names)
-    stale = [run for run in self.runs(todo) if any(map(self._stale, run))]
+    todo, current = self.names() if names is None else list(names), {}
+    stale = [
+        run
+        for run in self.runs(todo)
+        if any(self._stale_parts(n, current) for n in run)
+    ]
     first = self.rebuild([run[0] for run in stale])
     fate = {name: "unchanged" if same else "changed" for name, same in first.items()}
     again = [name for run in stale if not first[run[0]] for name in run[1:]]
@@ -841,21 +838,31 @@ def rekey(self: RunRecords, names: Sequence[str] | None = None) -> dict[str, str
             )
             record["fingerprint"] = fingerprint
             record["rekeyed"] = {"by": run[0], "fingerprint": trained}
-            path.write_text(json.dumps(record, indent=2) + "\n")
+            with atomic_open(path) as f:  # a stopped rekey leaves whole records
+                f.write(json.dumps(record, indent=2) + "\n")
             fate[name] = "rekeyed"
             print(f"{name}: rekeyed, as {run[0]} came out unchanged")
     return fate
 
 
 @patch
-def _stale(self: RunRecords, name: str) -> bool:
-    "Whether the record `name` carries another fingerprint than the current code's."
+def _stale_parts(
+    self: RunRecords, name: str, current: dict[str, str | None] | None = None
+) -> set[str]:
+    """The parts of the code (see `code_fingerprint`) whose hash now differs from the
+    one the record `name` carries, a part that is gone included. `current` keeps each
+    part's hash now (None: gone) for the next call."""
+    current = {} if current is None else current
     fingerprint = self._read(name)[0]["fingerprint"]
-    models = tuple(p for p in fingerprint if p.startswith(f"{MODELS_PACKAGE}."))
-    try:
-        return fingerprint != code_fingerprint(FINGERPRINTED + models)
-    except (ImportError, AttributeError):  # a part that is gone
-        return True
+    models = [p for p in fingerprint if p.startswith(f"{MODELS_PACKAGE}.")]
+    for part in [*FINGERPRINTED, *models]:
+        if part not in current:
+            try:
+                current[part] = code_fingerprint([part])[part]
+            except (ImportError, AttributeError):
+                current[part] = None
+    parts = {*FINGERPRINTED, *models, *fingerprint}
+    return {part for part in parts if current.get(part) != fingerprint.get(part)}
 
 # %% ../nbs/13_experiments.ipynb #ab267224
 @patch
