@@ -8,6 +8,12 @@ its own copy of the model; the ratio is the median over rounds of trainer / plai
 in the same round (1.000 means no overhead), beside a second plain loop against
 the first: the noise floor of this machine.
 
+That floor is a few percent on a shared machine, more than the trainer's own cost, so
+a second table measures the cost directly: fits of 1 and of 64 steps on one batch of two
+images (every parameter, little arithmetic) against the plain loop's, solved for the
+trainer's extra seconds per `fit` and per step. With the epoch's steps and the plain
+loop's time from the first table, they give the ratio the overhead alone implies.
+
     python bench/trainer.py [--rounds 9] [--threads N]
 """
 
@@ -54,27 +60,59 @@ def variants(config: TrainConfig) -> dict:
         grad_clip_norm=config.grad_clip_norm,
     )
 
-    def plain_loop():
-        built, loader = parts()
-        model, opt, sched, loss_fn = (
-            built[k] for k in ("model", "optimizer", "scheduler", "criterion")
+    def plain():
+        return plain_loop(*parts(), config.grad_clip_norm)
+
+    return {"plain": plain(), "trainer": trainer.fit, "plain again": plain()}
+
+
+def plain_loop(built: dict, loader, clip: float | None):
+    "One epoch of the loop a user would write, over `loader`, of the `built` parts."
+    model, opt, sched, loss_fn = (
+        built[k] for k in ("model", "optimizer", "scheduler", "criterion")
+    )
+
+    def epoch():
+        model.train()
+        for images, labels in loader:
+            loss = loss_fn(model(images), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            sched.step()
+
+    return epoch
+
+
+def fixed_cost(config: TrainConfig, rounds: int, steps: int = 64) -> tuple:
+    """The trainer's seconds beyond the plain loop's per `fit` and per step: fits of 1
+    and of `steps` steps on one batch of two images, each timed against the plain loop
+    in the same rounds (the median of the paired ratios, times the plain loop's time)."""
+    loader, _ = build_dataloaders(config.data, seed=config.seed)
+    images, labels = next(iter(loader))
+    batch, extra = (images[:2], labels[:2]), {}
+    for n in (1, steps):
+        plain = plain_loop(
+            build_from_config(config), [batch] * n, config.grad_clip_norm
         )
-        clip = config.grad_clip_norm
-
-        def epoch():
-            model.train()
-            for images, labels in loader:
-                loss = loss_fn(model(images), labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), clip)
-                opt.step()
-                sched.step()
-
-        return epoch
-
-    return {"plain": plain_loop(), "trainer": trainer.fit, "plain again": plain_loop()}
+        built = build_from_config(config)
+        trainer = Trainer(
+            built["model"],
+            built["optimizer"],
+            [batch] * n,
+            None,
+            built["criterion"],
+            built["scheduler"],
+            device="cpu",
+            num_epochs=1,
+            grad_clip_norm=config.grad_clip_norm,
+        )
+        times, ratios = bench({"plain": plain, "trainer": trainer.fit}, rounds, 5)
+        extra[n] = (ratios["trainer"] - 1) * times["plain"]
+    per_step = (extra[steps] - extra[1]) / (steps - 1)
+    return extra[1] - per_step, per_step
 
 
 def main() -> None:
@@ -90,15 +128,28 @@ def main() -> None:
     print(
         f"{'config':<46} | {'plain s':>7} | {'trainer/plain':>13} | {'plain/plain':>11}"
     )
+    configs, epochs = {}, {}
     for name, (path, overrides) in CONFIGS.items():
-        config = apply_overrides(
+        configs[name] = config = apply_overrides(
             load_config(path) if path else TrainConfig(),
             ["num_epochs=1000", *overrides],
         )  # a schedule that never ends
         times, ratios = bench(variants(config), args.rounds, iters=1)
+        epochs[name] = times["plain"]
         print(
             f"{name:<46} | {times['plain']:7.2f} | {ratios['trainer']:13.3f} | "
             f"{ratios['plain again']:11.3f}",
+            flush=True,
+        )
+    print(f"\nthe trainer's own cost, median of {args.rounds} rounds of 5 fits\n")
+    print(f"{'config':<46} | {'per fit ms':>10} | {'per step us':>11} | {'implied':>7}")
+    for name, config in configs.items():
+        per_fit, per_step = fixed_cost(config, args.rounds)
+        steps = len(build_dataloaders(config.data, seed=config.seed)[0])
+        implied = 1 + (per_fit + steps * per_step) / epochs[name]
+        print(
+            f"{name:<46} | {per_fit * 1e3:10.2f} | {per_step * 1e6:11.0f} | "
+            f"{implied:7.3f}",
             flush=True,
         )
 
