@@ -47,8 +47,16 @@ def variants(config: TrainConfig) -> dict:
         loader, _ = build_dataloaders(config.data, seed=config.seed)
         return built, loader
 
-    (built, loader) = parts()
-    trainer = Trainer(
+    def plain():
+        return plain_loop(*parts(), config.grad_clip_norm)
+
+    trainer = trainer_fit(*parts(), config.grad_clip_norm)
+    return {"plain": plain(), "trainer": trainer, "plain again": plain()}
+
+
+def trainer_fit(built: dict, loader, clip: float | None):
+    "One epoch of `Trainer.fit`, over `loader`, of the `built` parts, no validation."
+    return Trainer(
         built["model"],
         built["optimizer"],
         loader,
@@ -57,13 +65,8 @@ def variants(config: TrainConfig) -> dict:
         built["scheduler"],
         device="cpu",
         num_epochs=1,
-        grad_clip_norm=config.grad_clip_norm,
-    )
-
-    def plain():
-        return plain_loop(*parts(), config.grad_clip_norm)
-
-    return {"plain": plain(), "trainer": trainer.fit, "plain again": plain()}
+        grad_clip_norm=clip,
+    ).fit
 
 
 def plain_loop(built: dict, loader, clip: float | None):
@@ -94,22 +97,11 @@ def fixed_cost(config: TrainConfig, rounds: int, steps: int = 64) -> tuple:
     images, labels = next(iter(loader))
     batch, extra = (images[:2], labels[:2]), {}
     for n in (1, steps):
-        plain = plain_loop(
-            build_from_config(config), [batch] * n, config.grad_clip_norm
-        )
-        built = build_from_config(config)
-        trainer = Trainer(
-            built["model"],
-            built["optimizer"],
-            [batch] * n,
-            None,
-            built["criterion"],
-            built["scheduler"],
-            device="cpu",
-            num_epochs=1,
-            grad_clip_norm=config.grad_clip_norm,
-        )
-        times, ratios = bench({"plain": plain, "trainer": trainer.fit}, rounds, 5)
+        variants = {
+            name: make(build_from_config(config), [batch] * n, config.grad_clip_norm)
+            for name, make in (("plain", plain_loop), ("trainer", trainer_fit))
+        }
+        times, ratios = bench(variants, rounds, 5)
         extra[n] = (ratios["trainer"] - 1) * times["plain"]
     per_step = (extra[steps] - extra[1]) / (steps - 1)
     return extra[1] - per_step, per_step
